@@ -1,0 +1,82 @@
+"""A job's outputs dir: the files that ``lab`` writes next to Hydra's ``.hydra/`` and log.
+
+::
+
+    <job dir>/
+      .hydra/{config,hydra,overrides}.yaml   written by Hydra
+      train.log                              the job log (Hydra's job logging)
+      metrics.json                           metrics and timings of a finished job
+      model.joblib                           the fitted estimator
+      traceback.txt                          only when the job raised
+      tracking.json, tracking.synced.json    the MLflow record and its receipt (lab.records)
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+import joblib
+from omegaconf import OmegaConf
+
+from lab.training import TrainResult
+
+__all__ = [
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "TRACEBACK_FILE",
+    "job_status",
+    "read_metrics",
+    "read_overrides",
+    "write_failure",
+    "write_result",
+]
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.joblib"
+TRACEBACK_FILE = "traceback.txt"
+
+
+def write_result(result: TrainResult, job_dir: Path) -> None:
+    """Write the metrics and the fitted model of a finished job."""
+    (job_dir / METRICS_FILE).write_text(
+        json.dumps({"metrics": result.metrics, "timing": result.timing}, indent=2, sort_keys=True) + "\n"
+    )
+    joblib.dump(result.model, job_dir / MODEL_FILE)
+
+
+def write_failure(exc: BaseException, job_dir: Path) -> str:
+    """Write the traceback of a failed job; returns the exception's one-line summary."""
+    (job_dir / TRACEBACK_FILE).write_text("".join(traceback.format_exception(exc)))
+    return summarize(exc)
+
+
+def summarize(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_metrics(job_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((job_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def read_overrides(job_dir: Path) -> list[str]:
+    try:
+        return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    except OSError:
+        return []
+
+
+def job_status(job_dir: Path) -> str:
+    """FINISHED, FAILED, or KILLED (started, but left neither metrics nor a traceback)."""
+    if (job_dir / METRICS_FILE).exists():
+        return "FINISHED"
+    if (job_dir / TRACEBACK_FILE).exists():
+        return "FAILED"
+    return "KILLED"

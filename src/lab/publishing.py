@@ -1,0 +1,400 @@
+"""Publishing job records to MLflow: the only module that writes to a tracking store.
+
+:class:`Publisher` turns a :class:`~lab.records.JobRecord` into one MLflow run: params and
+metrics in batches, tags, artifacts, the model, and the terminal status. It is idempotent:
+a run is found again by its ``lab.job_uid`` tag, so publishing a record twice never makes
+a duplicate. The sweep's parent run is created lazily, when its first job is published,
+so a sweep rejected by validation leaves nothing in the store.
+
+``python -m lab.publishing QUEUE_DIR`` is the background publisher a launch starts: it
+imports MLflow and opens the store while the first job runs, then drains the queue that
+the jobs fill (see :mod:`lab.records`) until its stdin closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from lab.records import SYNCED_FILE, JobRecord, read_json, write_json
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["Publisher", "configure_client_env", "redact", "resolve_uri"]
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "lab"
+SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+# MLflow's limits: 100 params and 1000 metrics per batch, 6000 characters per param value.
+PARAM_BATCH, METRIC_BATCH, PARAM_VALUE_MAX = 100, 1000, 6000
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI a job uses: the config's, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def resolve_experiment(name: str | None) -> str:
+    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def check_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be used, or None. The ``file:`` store refuses to start in MLflow 3."""
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme not in SUPPORTED_SCHEMES:
+        return f"scheme {scheme or '(none)'!r} is not supported; use one of " + ", ".join(SUPPORTED_SCHEMES)
+    return None
+
+
+def redact(uri: str) -> str:
+    """``https://user:token@host/`` → ``https://***@host/``: credentials never reach a record or a log."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def configure_client_env(timeout_s: float) -> None:
+    """Bound MLflow's HTTP retries before it is imported: a dead server fails in seconds, not minutes."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def prepare_sqlite(uri: str) -> None:
+    """Switch a sqlite store to WAL once (the setting lives in the file), so readers such as
+    the UI never block the writer; MLflow itself sets ``busy_timeout = 20000`` per session."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+class Publisher:
+    """Writes records into one tracking store.
+
+    Parameters
+    ----------
+    uri
+        The real tracking URI (may hold credentials; only its redacted form is ever logged).
+    """
+
+    def __init__(self, uri: str) -> None:
+        import mlflow
+
+        quiet_mlflow_logging()
+        self.uri = uri
+        self._mlflow = mlflow
+        self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
+        self._experiments: dict[str, str] = {}
+        self._parents: dict[str, str] = {}  # sweep uid -> parent run id
+        self._runs: dict[str, str] = {}  # job uid -> run id, for runs made by this publisher
+
+    # --- experiments and run lookup ----------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    self._experiments[name] = self.client.create_experiment(name)
+                except Exception:  # another process created it first
+                    found = self.client.get_experiment_by_name(name)
+                    if found is None:
+                        raise
+                    self._experiments[name] = found.experiment_id
+            else:
+                self._experiments[name] = found.experiment_id
+        return self._experiments[name]
+
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    # --- parent runs -------------------------------------------------------------------
+
+    def parent_run(self, sweep: JobRecord) -> str:
+        """The sweep's parent run, created on first use (or found again after a crash)."""
+        if sweep.uid not in self._parents:
+            exp = self.experiment_id(sweep.experiment)
+            run_id = self.find_run(exp, "lab.sweep_uid", sweep.uid)
+            if run_id is None:
+                run = self.client.create_run(exp, start_time=sweep.start_time, tags=sweep.tags, run_name=sweep.run_name)
+                run_id = run.info.run_id
+                self._log_batch(run_id, sweep.params, {}, time_ms=sweep.start_time)
+            self._parents[sweep.uid] = run_id
+        return self._parents[sweep.uid]
+
+    def finish_parent(self, sweep: JobRecord) -> str:
+        """Attach the sweep's summary to its parent run and end it with the sweep's status."""
+        run_id = self.parent_run(sweep)
+        self._log_batch(run_id, {}, sweep.metrics, time_ms=sweep.end_time or _now_ms())
+        if sweep.tags:
+            self.client.log_batch(run_id, tags=_tags(sweep.tags))
+        self._log_artifacts(run_id, sweep)
+        self.client.set_terminated(run_id, status=sweep.status, end_time=sweep.end_time)
+        write_json(Path(sweep.job_dir) / SYNCED_FILE, self._synced(run_id, sweep))
+        return run_id
+
+    # --- job runs ----------------------------------------------------------------------
+
+    def publish(self, record: JobRecord, sweep: JobRecord | None = None, search: bool = False) -> str:
+        """Create or complete the MLflow run of ``record``; returns its run id.
+
+        ``search=True`` looks the run up by its ``lab.job_uid`` tag first (for ``sync``,
+        where an earlier attempt may have got part of the way).
+        """
+        exp = self.experiment_id(record.experiment)
+        run_id = self._runs.get(record.uid)
+        if run_id is None and search:
+            run_id = self.find_run(exp, "lab.job_uid", record.uid)
+        tags = dict(record.tags)
+        if sweep is not None:
+            tags["mlflow.parentRunId"] = self.parent_run(sweep)
+        if run_id is None:
+            run = self.client.create_run(exp, start_time=record.start_time, tags=tags, run_name=record.run_name)
+            run_id = run.info.run_id
+            self._runs[record.uid] = run_id
+            fresh = True
+        else:
+            fresh = False
+        if not record.finished:
+            return run_id
+        existing_params: dict[str, str] = {}
+        if not fresh:
+            data = self.client.get_run(run_id).data
+            existing_params = data.params
+            self.client.log_batch(run_id, tags=_tags({k: v for k, v in tags.items() if data.tags.get(k) != v}))
+        params = {k: v for k, v in record.params.items() if k not in existing_params}
+        self._log_batch(run_id, params, record.metrics, time_ms=record.end_time or _now_ms())
+        self._log_artifacts(run_id, record)
+        self.client.set_terminated(run_id, status=record.status, end_time=record.end_time)
+        write_json(Path(record.job_dir) / SYNCED_FILE, self._synced(run_id, record))
+        return run_id
+
+    def _synced(self, run_id: str, record: JobRecord) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "experiment_id": self.experiment_id(record.experiment),
+            "tracking_uri": redact(self.uri),
+            "status": record.status,
+        }
+
+    def _log_batch(self, run_id: str, params: dict[str, str], metrics: dict[str, float], time_ms: int) -> None:
+        from mlflow.entities import Metric, Param
+
+        plist = [Param(k, v[:PARAM_VALUE_MAX]) for k, v in params.items()]
+        mlist = [Metric(k, float(v), time_ms, 0) for k, v in metrics.items()]
+        for i in range(0, max(len(plist), len(mlist)), PARAM_BATCH):
+            self.client.log_batch(run_id, params=plist[i : i + PARAM_BATCH], metrics=mlist[i : i + PARAM_BATCH])
+
+    def _log_artifacts(self, run_id: str, record: JobRecord) -> None:
+        job_dir = Path(record.job_dir)
+        for rel in record.artifacts:
+            path = job_dir / rel
+            if path.exists():
+                parent = str(Path(rel).parent)
+                self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+        if record.model and (job_dir / record.model).exists():
+            self._log_model(run_id, job_dir / record.model)
+
+    def _log_model(self, run_id: str, path: Path) -> None:
+        """Log the pickled estimator as an MLflow sklearn model, with pip requirements taken
+        from this (locked) environment instead of MLflow's inference in a subprocess (~3 s)."""
+        import joblib
+        import mlflow.sklearn
+
+        model = joblib.load(path)
+        with self._mlflow.start_run(run_id=run_id):
+            mlflow.sklearn.log_model(model, name="model", pip_requirements=locked_requirements())
+
+
+def locked_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "numpy", "scipy", "skops")]
+
+
+def _tags(tags: dict[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in tags.items()]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- the background publisher process ------------------------------------------------
+
+
+def _events(queue_dir: Path) -> list[Path]:
+    try:
+        return sorted(p for p in queue_dir.iterdir() if p.suffix == ".json")
+    except FileNotFoundError:
+        return []
+
+
+class _Session:
+    """The background publisher's state: which jobs it has seen and whether the store works."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.publisher: Publisher | None = None
+        self.broken: str | None = None  # why tracking is unavailable; records then stay pending
+        self.open_jobs: dict[str, JobRecord] = {}  # started, not yet finished
+        self.sweeps: dict[str, JobRecord] = {}
+
+    def connect(self) -> Publisher | None:
+        if self.publisher is None and self.broken is None:
+            try:
+                prepare_sqlite(self.uri)
+                self.publisher = Publisher(self.uri)
+            except Exception as exc:  # noqa: BLE001 - any failure leaves records pending
+                self.fail(exc)
+        return self.publisher
+
+    def fail(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(
+                f"lab: tracking to {redact(self.uri)} failed ({self.broken[:300]}); records stay pending "
+                "in each job's tracking.json; upload them later with `python -m lab.runs sync`",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def sweep_of(self, record: JobRecord) -> JobRecord | None:
+        if record.parent_uid is None:
+            return None
+        if record.parent_uid not in self.sweeps:
+            self.sweeps[record.parent_uid] = JobRecord.load(record.parent_dir or Path(record.job_dir).parent)
+        return self.sweeps[record.parent_uid]
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "job":
+            record = JobRecord.load(event["job_dir"])
+            if record.finished:
+                self.open_jobs.pop(record.uid, None)
+            else:
+                self.open_jobs[record.uid] = record
+            self.publish(record, self.sweep_of(record))
+        elif kind == "sweep_end":
+            sweep = JobRecord.load(event["job_dir"])
+            self.sweeps[sweep.uid] = sweep
+            publisher = self.connect()
+            if publisher is not None:
+                try:
+                    publisher.finish_parent(sweep)
+                except Exception as exc:  # noqa: BLE001
+                    self.fail(exc)
+
+    def publish(self, record: JobRecord, sweep: JobRecord | None) -> None:
+        publisher = self.connect()
+        if publisher is None:
+            return
+        try:
+            publisher.publish(record, sweep)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(exc)
+            _write_error(record, self.broken or str(exc))
+
+    def abandon_open_jobs(self) -> None:
+        """The launcher went away without finishing these jobs: end them by what became of
+        their process, so no run stays RUNNING."""
+        for record in list(self.open_jobs.values()):
+            fresh = JobRecord.load(record.job_dir)
+            if not fresh.finished:
+                fresh.status = "KILLED" if _alive(fresh) else "FAILED"
+                fresh.error = fresh.error or f"the job's process {fresh.tags.get('lab.pid')} ended without a result"
+                fresh.end_time = _now_ms()
+                fresh.tags["lab.error"] = fresh.error
+                fresh.save()
+            self.publish(fresh, self.sweep_of(fresh))
+
+
+def _alive(record: JobRecord) -> bool:
+    pid = int(record.tags.get("lab.pid", "0"))
+    if record.tags.get("lab.host") != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _write_error(record: JobRecord, reason: str) -> None:
+    (Path(record.job_dir) / "tracking.error.txt").write_text(
+        f"tracking failed for this job: {reason}\nIts record stays in tracking.json; "
+        "run `python -m lab.runs sync` to upload it.\n"
+    )
+
+
+def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
+    """Drain ``queue_dir`` until stdin closes and the queue is empty.
+
+    MLflow is imported at once, overlapping the launch's own imports and first job. The
+    store is opened at once too for a single run (already validated), but only at the
+    first event for a sweep, whose jobs are validated later: a rejected sweep creates
+    no store.
+    """
+    session = _Session(uri)
+    import mlflow  # noqa: F401 - the expensive part (~1.5 s), off the jobs' critical path
+
+    if open_store:
+        session.connect()
+    open_input = True
+    while True:
+        events = _events(queue_dir)
+        for path in events:
+            try:
+                session.handle(read_json(path))
+            except Exception:  # noqa: BLE001 - one bad event must not stop the others
+                traceback.print_exc()
+            path.unlink(missing_ok=True)
+        if events:
+            continue
+        if not open_input:
+            break
+        ready, _, _ = select.select([sys.stdin], [], [], 0.02)
+        if ready and not os.read(sys.stdin.fileno(), 4096):
+            open_input = False  # the launcher is done (or gone): drain once more, then stop
+    if session.open_jobs:
+        session.abandon_open_jobs()
+    with contextlib.suppress(OSError):  # absent, or late events: they stay for `lab.runs sync`
+        queue_dir.rmdir()
+    return 0 if session.broken is None else 3
+
+
+def quiet_mlflow_logging() -> None:
+    """MLflow logs store migrations at INFO and a pip-version warning per model; the
+    publisher reports failures itself, so keep only MLflow's errors."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+
+def main() -> None:
+    queue_dir = Path(sys.argv[1])
+    sys.exit(serve(queue_dir, resolve_uri(None), open_store="--open-store" in sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Job records: what MLflow must hold for one job, kept on disk in the job's outputs dir.
+
+A record is written by the job itself (at start, then at its end) as ``tracking.json``;
+whoever publishes it to MLflow writes ``tracking.synced.json`` beside it. A record without
+its synced twin is *pending*: ``python -m lab.runs sync`` publishes it later. Both files
+are replaced atomically, so a reader never sees half a record.
+
+The launching process and its jobs tell the publisher about new records through a queue
+directory of small files (one per event), which survives any process dying.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RECORD_FILE",
+    "SYNCED_FILE",
+    "JobRecord",
+    "enqueue",
+    "find_records",
+    "read_json",
+    "write_json",
+]
+
+RECORD_FILE = "tracking.json"
+SYNCED_FILE = "tracking.synced.json"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+@dataclass
+class JobRecord:
+    """Everything one job's MLflow run must contain. Times are epoch milliseconds."""
+
+    uid: str  # unique per job, e.g. "<session uid>-<job num>"; tagged as lab.job_uid
+    job_dir: str
+    run_name: str
+    experiment: str
+    tracking_uri: str  # redacted: credentials are never written to disk
+    status: str  # RUNNING, FINISHED, FAILED or KILLED
+    start_time: int
+    end_time: int | None = None
+    parent_uid: str | None = None  # the sweep's uid for a job of a --multirun
+    parent_dir: str | None = None  # the sweep's dir, which holds the sweep's own record
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)  # paths relative to job_dir
+    model: str | None = None  # relative path of the pickled estimator to log as an MLflow model
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def save(self) -> None:
+        write_json(Path(self.job_dir) / RECORD_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, job_dir: str | Path) -> JobRecord:
+        return cls(**read_json(Path(job_dir) / RECORD_FILE))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Replace ``path`` atomically (write a sibling, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def enqueue(queue_dir: Path, kind: str, payload: dict[str, Any]) -> None:
+    """Drop one event into the publisher's queue; names sort in arrival order."""
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    write_json(queue_dir / f"{time.time_ns():020d}-{os.getpid()}-{kind}.json", {"kind": kind, **payload})
+
+
+def find_records(root: Path) -> Iterator[Path]:
+    """Every job dir under ``root`` that holds a record."""
+    for path in sorted(root.rglob(RECORD_FILE)):
+        yield path.parent

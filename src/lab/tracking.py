@@ -1,0 +1,418 @@
+"""The Hydra callback that mirrors every job into MLflow and reports progress.
+
+Each job writes its MLflow record to its own outputs dir (:mod:`lab.records`) at start and
+at end; :mod:`lab.publishing` turns records into runs, either in one background process
+per launch (the default: it imports MLflow while the first job runs, and is the only
+sqlite writer), or inside each job (``tracking.background=false``, for jobs on other
+hosts). Whatever happens, every started job ends FINISHED, FAILED or KILLED.
+
+Process model under Hydra 1.3: ``on_run_start``/``on_multirun_*`` run in the launching
+process; ``on_job_*`` run wherever the job runs (a loky or Ray worker), on a pickled copy
+of this object. So everything a job needs is set before jobs fan out, and is picklable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from lab import outputs
+from lab.config import job_section
+from lab.provenance import config_fingerprint, environment_tags
+from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
+from lab.records import RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
+from lab.summary import summarize_sweep
+
+__all__ = ["Interrupted", "TrackingCallback", "flatten_params"]
+
+QUEUE_DIR = ".lab-queue"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: raised in the launching process so every layer unwinds."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def flatten_params(node: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys for a resolved config tree, e.g. ``{"model.C": "0.5"}``; lists become
+    ``key.0``, because MLflow rejects ``[`` in keys."""
+    items: dict[str, str] = {}
+    if isinstance(node, dict):
+        pairs = list(node.items())
+    elif isinstance(node, list):
+        pairs = [(str(i), v) for i, v in enumerate(node)]
+    else:
+        return {prefix.rstrip("."): str(node)}
+    for key, value in pairs:
+        if isinstance(value, dict | list) and value:
+            items.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = str(value)
+    return items
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Launch:
+    """What the launching process decided once, for every job of this launch."""
+
+    uid: str
+    uri: str  # real URI, for the in-job publisher; never written to disk or tags
+    experiment: str
+    env_tags: dict[str, str]
+    background: bool = True
+    sweep_dir: str | None = None
+    n_jobs: int | None = None
+    parent_run_id: str | None = None  # set up front only when jobs publish themselves
+
+
+class TrackingCallback(Callback):
+    """Hydra callback: outputs-dir records, MLflow runs, a progress line per job."""
+
+    def __init__(self) -> None:
+        self.launch: _Launch | None = None
+        self._publisher_proc: subprocess.Popen[bytes] | None = None
+        self._config: DictConfig | None = None
+        self._done = False
+        self._signal: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Jobs get a pickled copy: only the launch facts travel, not the publisher process.
+        return {"launch": self.launch, "_publisher_proc": None, "_config": None, "_done": True, "_signal": None}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum
+        # A second signal while we are already unwinding exits at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    def _at_exit(self) -> None:
+        """The launch ended without on_run_end/on_multirun_end: interrupted, or the launcher
+        itself raised (e.g. a worker process died)."""
+        self._finish("KILLED" if self._signal is not None else "FAILED")
+
+    # --- launching process ---------------------------------------------------------
+
+    def _enabled(self, config: DictConfig) -> bool:
+        return bool(OmegaConf.select(config, "tracking.enabled", default=False))
+
+    def _start(self, config: DictConfig, sweep_dir: str | None) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        tracking = config.tracking
+        uri = resolve_uri(tracking.uri)
+        self.launch = _Launch(
+            uid=uuid.uuid4().hex[:16],
+            uri=uri,
+            experiment=resolve_experiment(tracking.experiment),
+            env_tags=environment_tags() if tracking.enabled else {},
+            background=bool(tracking.background),
+            sweep_dir=sweep_dir,
+        )
+        atexit.register(self._at_exit)
+        if not tracking.enabled:
+            return
+        configure_client_env(tracking.timeout_s)
+        if tracking.background:
+            # The publisher gets its own session so a Ctrl-C reaches only us: we decide
+            # what the interrupted jobs become, then let it drain the queue.
+            self._publisher_proc = subprocess.Popen(
+                [sys.executable, "-m", "lab.publishing", str(self._queue_dir(config))]
+                + ([] if sweep_dir else ["--open-store"]),
+                stdin=subprocess.PIPE,
+                env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                start_new_session=True,
+            )
+
+    def _queue_dir(self, config: DictConfig) -> Path:
+        root = self.launch.sweep_dir if self.launch and self.launch.sweep_dir else config.hydra.run.dir
+        return Path(root) / QUEUE_DIR
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._config = config
+        self._start(config, None)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._config = config
+        self._start(config, str(config.hydra.sweep.dir))
+
+    def on_sweep_validated(self, config: DictConfig, n_jobs: int) -> None:
+        """Called by lab's sweeper once every job's config is valid, before any job runs."""
+        assert self.launch is not None
+        self.launch.n_jobs = n_jobs
+        if self._enabled(config) and not config.tracking.background:
+            from lab.publishing import Publisher
+
+            self.launch.parent_run_id = Publisher(self.launch.uri).parent_run(self._sweep_record(config))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish(None)
+        job_return: JobReturn = kwargs["job_return"]
+        if job_return.status == JobStatus.COMPLETED and self._enabled(config):
+            synced = Path(config.hydra.runtime.output_dir) / SYNCED_FILE
+            if synced.exists():
+                receipt = read_json(synced)
+                print(
+                    f"mlflow run {receipt['run_id']} (experiment {receipt['experiment_id']}, {receipt['tracking_uri']})"
+                )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish(None)
+
+    def _sweep_record(self, config: DictConfig) -> JobRecord:
+        assert self.launch is not None
+        assert self.launch.sweep_dir is not None
+        overrides = list(config.hydra.overrides.task)
+        return JobRecord(
+            uid=self.launch.uid,
+            job_dir=self.launch.sweep_dir,
+            run_name=f"sweep-{Path(self.launch.sweep_dir).name}",
+            experiment=self.launch.experiment,
+            tracking_uri=redact(self.launch.uri),
+            status="RUNNING",
+            start_time=_now_ms(),
+            params={},
+            tags={
+                **self.launch.env_tags,
+                "lab.sweep_uid": self.launch.uid,
+                "lab.overrides": " ".join(overrides),
+                "lab.output_dir": self.launch.sweep_dir,
+                "lab.kind": "sweep",
+                "lab.host": socket.gethostname(),
+                "lab.pid": str(os.getpid()),
+            },
+        )
+
+    def _finish(self, status: str | None) -> None:
+        """End this launch exactly once: on normal return (status None: derived from the jobs)
+        or from atexit after an interrupt (KILLED). Waits for the publisher, so the MLflow
+        store is complete when the command returns."""
+        if self._done or self.launch is None:
+            return
+        self._done = True
+        config = self._config
+        assert config is not None
+        interrupted = status == "KILLED"
+        if status is not None:
+            for job_dir in self._job_dirs(config):
+                self._end_open_record(job_dir, status)
+        summary = None
+        if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
+            summary = self._write_summary(config, status)
+        if self._publisher_proc is not None:
+            assert self._publisher_proc.stdin is not None
+            self._publisher_proc.stdin.close()
+            self._publisher_proc.wait()
+        if summary is not None and not interrupted and summary.failed:
+            failed = "".join(f"\n  #{r.job} {' '.join(r.overrides)}: {r.error or r.status}" for r in summary.failed)
+            print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
+            raise SystemExit(1)
+
+    def _job_dirs(self, config: DictConfig) -> list[Path]:
+        assert self.launch is not None
+        if self.launch.sweep_dir is None:
+            run_dir = Path(str(config.hydra.run.dir))
+            return [run_dir] if run_dir.exists() else []
+        from lab.summary import job_dirs
+
+        return job_dirs(Path(self.launch.sweep_dir))
+
+    def _end_open_record(self, job_dir: Path, status: str) -> None:
+        """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
+        if not (job_dir / RECORD_FILE).exists():
+            return
+        record = JobRecord.load(job_dir)
+        if record.finished:
+            return
+        record.status, record.end_time = status, _now_ms()
+        if status == "KILLED" and self._signal is not None:
+            record.error = f"interrupted by {signal.Signals(self._signal).name}"
+        else:
+            record.error = "the launcher stopped before this job returned"
+        record.tags["lab.error"] = record.error
+        record.artifacts = _artifacts(job_dir)
+        record.save()
+        self._submit(record, job_dir)
+
+    def _write_summary(self, config: DictConfig, status: str | None) -> Any:
+        assert self.launch is not None
+        assert self.launch.sweep_dir is not None
+        sweep_dir = Path(self.launch.sweep_dir)
+        summary = summarize_sweep(sweep_dir)
+        (sweep_dir / "summary.csv").write_text(summary.to_csv())
+        (sweep_dir / "summary.md").write_text(summary.to_markdown())
+        final = status or ("FAILED" if summary.failed else "FINISHED")
+        print(
+            f"lab: sweep {final.lower()}: {len(summary.rows)} jobs, {len(summary.failed)} failed; "
+            f"summary {sweep_dir / 'summary.md'}"
+        )
+        if self._enabled(config):
+            record = self._sweep_record(config)
+            if (sweep_dir / RECORD_FILE).exists():
+                record.start_time = JobRecord.load(sweep_dir).start_time
+            record.status, record.end_time = final, _now_ms()
+            record.artifacts = ["summary.csv", "summary.md"]
+            record.metrics = {"jobs": len(summary.rows), "jobs_failed": len(summary.failed)}
+            best = summary.best("accuracy")
+            if best is not None:
+                record.tags["lab.best.config"] = best.config
+                record.metrics.update({f"best.{k}": v for k, v in best.mean.items()})
+            record.save()
+            if config.tracking.background:
+                enqueue(self._queue_dir(config), "sweep_end", {"job_dir": str(sweep_dir)})
+            else:
+                self._publish_inline(lambda p: p.finish_parent(record))
+        return summary
+
+    # --- job process -----------------------------------------------------------------
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.launch is None or not self._enabled(config):
+            return
+        job_dir = Path(config.hydra.runtime.output_dir)
+        job_config = job_section(config)
+        container = OmegaConf.to_container(job_config, resolve=True)
+        params = flatten_params(container)
+        if "tracking.uri" in params:
+            params["tracking.uri"] = redact(params["tracking.uri"])
+        num = OmegaConf.select(config, "hydra.job.num", default=None)
+        overrides = " ".join(config.hydra.overrides.task)
+        tags = {
+            **self.launch.env_tags,
+            "lab.overrides": overrides,
+            "lab.output_dir": str(job_dir),
+            "lab.config_sha256": config_fingerprint(job_config),
+            "lab.job_uid": f"{self.launch.uid}-{num if num is not None else 'run'}",
+            "lab.host": socket.gethostname(),
+            "lab.pid": str(os.getpid()),
+            "lab.kind": "job",
+        }
+        if num is not None:
+            tags["lab.job_num"] = str(num)
+            tags["lab.sweep_uid"] = self.launch.uid
+        record = JobRecord(
+            uid=tags["lab.job_uid"],
+            job_dir=str(job_dir),
+            run_name=f"job-{num}" if num is not None else f"run-{job_dir.name}",
+            experiment=self.launch.experiment,
+            tracking_uri=redact(self.launch.uri),
+            status="RUNNING",
+            start_time=_now_ms(),
+            parent_uid=self.launch.uid if num is not None else None,
+            parent_dir=self.launch.sweep_dir if num is not None else None,
+            params=params,
+            tags=tags,
+        )
+        if num is not None and self.launch.sweep_dir is not None:
+            sweep_file = Path(self.launch.sweep_dir) / RECORD_FILE
+            if not sweep_file.exists():
+                self._sweep_record(config).save()
+        record.save()
+        self._submit(record, job_dir)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        job_dir = Path(config.hydra.runtime.output_dir)
+        num = OmegaConf.select(config, "hydra.job.num", default=None)
+        error = None
+        if job_return.status == JobStatus.FAILED:
+            error = outputs.write_failure(job_return._return_value, job_dir)
+            _log_to_file_only(f"job failed: {error}\n" + (job_dir / outputs.TRACEBACK_FILE).read_text())
+        self._print_progress(config, num, job_dir, error)
+        if self.launch is None or not self._enabled(config) or not (job_dir / RECORD_FILE).exists():
+            return
+        record = JobRecord.load(job_dir)
+        record.end_time = _now_ms()
+        data = outputs.read_metrics(job_dir) or {}
+        record.metrics = {**data.get("metrics", {}), **{f"timing.{k}": v for k, v in data.get("timing", {}).items()}}
+        if error is None:
+            record.status = "FINISHED"
+            if config.tracking.log_model and (job_dir / outputs.MODEL_FILE).exists():
+                record.model = outputs.MODEL_FILE
+        else:
+            record.status, record.error = "FAILED", error
+            record.tags["lab.error"] = error[:5000]
+        record.artifacts = _artifacts(job_dir)
+        record.save()
+        self._submit(record, job_dir)
+
+    def _print_progress(self, config: DictConfig, num: int | None, job_dir: Path, error: str | None) -> None:
+        if num is None:
+            if error is None:
+                data = outputs.read_metrics(job_dir) or {}
+                shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(data.get("metrics", {}).items()))
+                print(f"{shown} ({job_dir})")
+            return
+        total = f"/{self.launch.n_jobs}" if self.launch and self.launch.n_jobs else ""
+        overrides = " ".join(config.hydra.overrides.task)
+        if error is not None:
+            line = f"[{num + 1}{total}] FAILED {overrides} → {error}"
+        else:
+            data = outputs.read_metrics(job_dir) or {}
+            metrics, timing = data.get("metrics", {}), data.get("timing", {})
+            shown = f"accuracy={metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
+            line = f"[{num + 1}{total}] {overrides} → {shown} ({timing.get('total_s', 0):.2f} s)"
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def _submit(self, record: JobRecord, job_dir: Path) -> None:
+        assert self.launch is not None
+        if self.launch.background:
+            root = Path(self.launch.sweep_dir) if self.launch.sweep_dir else job_dir
+            enqueue(root / QUEUE_DIR, "job", {"job_dir": str(job_dir)})
+            return
+        sweep = JobRecord.load(record.parent_dir) if record.parent_dir else None
+        self._publish_inline(lambda p: p.publish(record, sweep))
+
+    def _publish_inline(self, action: Any) -> None:
+        from lab.publishing import Publisher
+
+        assert self.launch is not None
+        try:
+            publisher = Publisher(self.launch.uri)
+            if self.launch.parent_run_id and self.launch.sweep_dir:
+                publisher._parents[self.launch.uid] = self.launch.parent_run_id
+            action(publisher)
+        except Exception as exc:  # noqa: BLE001 - tracking must never lose the job's result
+            print(f"lab: tracking to {redact(self.launch.uri)} failed: {exc}", file=sys.stderr)
+
+
+def _log_to_file_only(message: str) -> None:
+    """Hydra 1.3 leaves a failed job's traceback out of its log: add it to the log file
+    only, since the console already got a one-line summary."""
+    record = logging.LogRecord("lab.train", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _artifacts(job_dir: Path) -> list[str]:
+    names = [
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+        outputs.METRICS_FILE,
+        outputs.TRACEBACK_FILE,
+        "train.log",
+    ]
+    return [n for n in names if (job_dir / n).exists()]

@@ -1,0 +1,64 @@
+"""``python -m lab.train [overrides]``: the Hydra entry point.
+
+It only wires the steps together: Hydra composes the typed config, the config is
+validated, :func:`lab.training.train` fits, and the result goes to the job's outputs dir.
+Tracking happens in Hydra callbacks (:mod:`lab.tracking`), around this function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lab import outputs
+from lab.config import register_configs
+from lab.training import train
+from lab.validation import UsageError, check_job, describe
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+log = logging.getLogger("lab.train")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def run_job(cfg: DictConfig) -> float:
+    """One job: validate, train, write outputs. Returns accuracy, the default search objective."""
+    config = check_job(cfg)
+    log.info(
+        "training %s on %s, %s split, seed %d", config.model.name, config.data.name, config.split.name, config.seed
+    )
+    result = train(config)
+    log.info("metrics %s; fit %.3f s", result.metrics, result.timing["fit_s"])
+    outputs.write_result(result, Path(HydraConfig.get().runtime.output_dir))
+    return result.metrics["accuracy"]
+
+
+def main() -> None:
+    """Run Hydra, reporting usage errors in one line (exit 2) and job failures briefly (exit 1)."""
+    # Hydra would print its own long error text; with this it raises, and we report.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        run_job()
+    except UsageError as exc:
+        sys.exit(exc.code)
+    except KeyboardInterrupt as exc:
+        print(f"lab: interrupted ({exc})", file=sys.stderr)
+        sys.exit(128 + getattr(exc, "signum", 2))
+    except Exception as exc:  # noqa: BLE001 - reported briefly; the traceback is in the job dir
+        message = describe(exc)
+        if message is not None:
+            print(message, file=sys.stderr)
+            sys.exit(2)
+        print(f"lab: job failed: {outputs.summarize(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

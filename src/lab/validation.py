@@ -1,0 +1,110 @@
+"""Rejecting bad input before any work: one short message that names the key, the value
+and what is allowed, exit code 2, no traceback, no outputs dir and no MLflow run.
+
+Single runs are checked by :class:`ValidationCallback` in ``on_run_start`` (after Hydra
+composed the config, before it creates the run dir); sweeps are checked job by job by
+lab's sweeper before the first job is launched. Hydra's own composition errors (unknown
+option, bad type, malformed override, broken YAML) are turned into the same short form by
+:func:`describe`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
+
+from lab.config import ConfigError, TrainConfig, to_typed
+from lab.publishing import check_uri, resolve_uri
+
+__all__ = ["UsageError", "ValidationCallback", "check_job", "describe"]
+
+USAGE_EXIT = 2
+
+
+class UsageError(SystemExit):
+    """Exit with status 2 after the message was printed; a SystemExit, so that Hydra's
+    callback machinery (which turns exceptions into warnings) lets it through."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USAGE_EXIT)
+        self.message = message
+
+
+def check_job(cfg: DictConfig) -> TrainConfig:
+    """Validate one composed job config; raises :class:`ConfigError`."""
+    typed = to_typed(cfg)
+    if typed.tracking.enabled:
+        uri = resolve_uri(typed.tracking.uri)
+        problem = check_uri(uri)
+        if problem:
+            raise ConfigError("tracking.uri", uri.split("@")[-1], problem)
+    return typed
+
+
+def describe(exc: BaseException) -> str | None:
+    """The one-line message for a usage error, or None when ``exc`` is not one."""
+    if isinstance(exc, ConfigError):
+        return f"error: {exc.key}={exc.value!r}: {exc.allowed}"
+    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        choices = ", ".join(o for o in sorted(exc.options) if not o.startswith("_"))
+        return f"error: {group}={option}: unknown option; choose one of: {choices}"
+    if isinstance(exc, OverrideParseException):
+        text = " ".join(str(exc).split()).split(" See https://")[0]
+        return f"error: malformed override: {text}"
+    cause = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
+        return _omegaconf(cause, str(exc))
+    if isinstance(exc, OmegaConfBaseException):
+        return _omegaconf(exc, "")
+    if isinstance(exc, (ConfigCompositionException, MissingConfigException)):
+        return "error: " + _first_lines(str(exc))
+    if isinstance(exc, YAMLError):
+        return "error: invalid YAML in the config: " + _first_lines(str(exc), 3)
+    if isinstance(cause, YAMLError):
+        return "error: invalid YAML in the config: " + _first_lines(str(cause), 3)
+    return None
+
+
+def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
+    key = getattr(exc, "full_key", None) or ""
+    msg = getattr(exc, "msg", None) or str(exc)
+    first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+    if "not in" in first and "Key" in first:
+        allowed = _fields_of(getattr(exc, "object_type", None))
+        return f"error: {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
+    where = f"{key}: " if key else (_first_lines(context) + ": " if context else "")
+    return f"error: {where}{first}"
+
+
+def _fields_of(obj_type: Any) -> str:
+    import dataclasses
+
+    if obj_type is not None and dataclasses.is_dataclass(obj_type):
+        return ", ".join(sorted(f.name for f in dataclasses.fields(obj_type)))
+    return ""
+
+
+def _first_lines(text: str, n: int = 1) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines()[:n] if line.strip())
+
+
+def fail(message: str) -> UsageError:
+    sys.stderr.write(message + "\n")
+    return UsageError(message)
+
+
+class ValidationCallback(Callback):
+    """Checks a single run's config before Hydra creates its run dir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_job(config)
+        except ConfigError as exc:
+            raise fail(describe(exc) or str(exc)) from None

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real config composed with Hydra's compose API, and the real CLI
+run as a subprocess against a temporary MLflow sqlite store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from lab.config import TrainConfig, register_configs, to_typed
+from lab.train import CONFIG_DIR
+
+register_configs()
+
+
+MakeConfig = Callable[..., TrainConfig]
+
+
+@pytest.fixture
+def make_config() -> Iterator[MakeConfig]:
+    """compose(overrides) -> TrainConfig, from the real conf/ dir."""
+
+    def _make(*overrides: str) -> TrainConfig:
+        return to_typed(compose_raw(*overrides))
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def compose_raw(*overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Cli:
+    """Runs ``python -m <module>`` in ``cwd`` with the store at ``cwd/mlflow.db``."""
+
+    cwd: Path
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.cwd / 'mlflow.db'}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_"))}
+        env.update(MLFLOW_TRACKING_URI=self.uri, PYTHONUNBUFFERED="1")
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, module: str = "lab.train", **env: str) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=self.cwd,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def train(self, *overrides: str, **env: str) -> Result:
+        return self.run(*overrides, "hydra.run.dir=outputs/run", **env)
+
+    def sweep(self, *overrides: str, **env: str) -> Result:
+        return self.run("--multirun", *overrides, "hydra.sweep.dir=outputs/sweep", **env)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)

@@ -1,0 +1,77 @@
+"""Bad input is rejected before any work: exit 2, one short line naming the key and what
+is allowed, no traceback, no outputs dir, no MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli
+
+BROKEN_YAML = "defaults:\n  - /schema/model/logreg@_here_\nC: [1, 2\n"
+
+CASES = [
+    # (arguments, text the message must contain)
+    (["model=foo"], "model=foo: unknown option; choose one of: logreg, random_forest, svm"),
+    (["data=mnist"], "data=mnist: unknown option; choose one of: breast_cancer, digits, iris, wine"),
+    (["split=loo"], "split=loo: unknown option; choose one of: holdout, kfold"),
+    (["tracking=wandb"], "tracking=wandb: unknown option"),
+    (["hydra/launcher=nope"], "hydra/launcher=nope: unknown option"),
+    (["model.Cc=1"], "model.Cc: unknown key; allowed: C, max_iter, name, solver"),
+    (["+model.Cc=1"], "model.Cc=1: unknown key; allowed: C, max_iter, name, solver"),
+    (["+foo=1"], "foo=1: unknown key; allowed: data, model, seed, split, tracking"),
+    (["++foo=1"], "foo=1: unknown key"),
+    (["split.n_splits=3"], "split.n_splits: unknown key; allowed: name, test_size"),
+    (["model.C=abc"], "model.C: Value 'abc' of type 'str' could not be converted to Float"),
+    (["seed=1.5"], "seed: Value '1.5' of type 'float' could not be converted to Integer"),
+    (["seed="], "seed: Value '' of type 'str' could not be converted to Integer"),
+    (["model.max_iter=1e3"], "model.max_iter: Value '1000.0' of type 'float' could not be converted to Integer"),
+    (["tracking.log_model=maybe"], "tracking.log_model: Value 'maybe' is not a valid bool"),
+    (["model.C=[1,2]"], "model.C: Value '[1, 2]' of type 'list' could not be converted to Float"),
+    (["model.C=0"], "model.C=0.0: a number > 0"),
+    (["model.C=-1"], "model.C=-1.0: a number > 0"),
+    (["model.max_iter=0"], "model.max_iter=0: an integer >= 1"),
+    (["split.test_size=0"], "split.test_size=0.0: a number > 0 and < 1"),
+    (["split.test_size=1.5"], "split.test_size=1.5: a number > 0 and < 1"),
+    (["seed=-1"], "seed=-1: an integer >= 0"),
+    (["model.solver=adam"], "model.solver='adam': one of lbfgs, liblinear"),
+    (["model=random_forest", "model.max_depth=0"], "model.max_depth=0: an integer >= 1"),
+    (["split=kfold", "split.n_splits=1"], "split.n_splits=1: an integer >= 2"),
+    (["tracking.timeout_s=0"], "tracking.timeout_s=0.0: a number > 0"),
+    (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
+    (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
+    (["model.C=("], "malformed override: Error parsing override 'model.C=('"),
+    (["model.C=1,2,"], "malformed override"),
+    (["--multirun", "seed=1,x"], "seed: Value 'x' of type 'str' could not be converted to Integer"),
+    (["--multirun", "model.C=1,2,-1"], "model.C=-1.0: a number > 0 (in sweep job: model.C=-1)"),
+    (["--multirun", "model=logreg,foo"], "model=foo: unknown option"),
+    (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str) -> None:
+    res = cli.run(*args, "hydra.run.dir=outputs/run", "hydra.sweep.dir=outputs/sweep")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "HYDRA_FULL_ERROR" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
+    assert not (cli.cwd / "outputs").exists()
+    assert not (cli.cwd / "mlflow.db").exists()
+    assert not (cli.cwd / "mlruns").exists()
+
+
+def test_invalid_yaml_in_conf_is_a_short_error(cli: Cli, tmp_path: Path) -> None:
+    conf = tmp_path / "extra" / "model"
+    conf.mkdir(parents=True)
+    (conf / "broken.yaml").write_text(BROKEN_YAML)
+    res = cli.run(f"--config-dir={tmp_path / 'extra'}", "model=broken", "hydra.run.dir=outputs/run")
+    assert res.code == 2, res.stderr
+    assert "error: invalid YAML" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 3
+    assert not (cli.cwd / "outputs").exists()

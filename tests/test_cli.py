@@ -1,0 +1,205 @@
+"""The CLI as a user runs it: a subprocess, a temporary sqlite store, then a look at the
+outputs dir and at the store through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.entities import Run
+
+from tests.conftest import Cli
+
+
+def runs(cli: Cli, experiment: str = "lab") -> list[Run]:
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+
+
+def by_kind(all_runs: list[Run], kind: str) -> list[Run]:
+    return sorted((r for r in all_runs if r.data.tags.get("lab.kind") == kind), key=lambda r: r.info.run_name)
+
+
+def test_single_run_writes_outputs_and_one_complete_mlflow_run(cli: Cli) -> None:
+    res = cli.train("model.C=0.5", "seed=3")
+    assert res.code == 0, res.stderr
+    run_dir = cli.cwd / "outputs" / "run"
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.json",
+        "model.joblib",
+        "train.log",
+        "tracking.json",
+        "tracking.synced.json",
+    ):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert "training logreg on iris" in (run_dir / "train.log").read_text()
+
+    [run] = runs(cli)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in res.stdout
+    p = run.data.params
+    assert p["seed"] == "3"
+    assert p["model.C"] == "0.5"
+    assert p["split.test_size"] == "0.2"
+    assert p["data.name"] == "iris"
+    assert not any(k.startswith("hydra") for k in p)
+    assert run.data.metrics["accuracy"] == metrics["accuracy"]
+    assert run.data.metrics["f1_macro"] == metrics["f1_macro"]
+    tags = run.data.tags
+    assert tags["lab.overrides"] == "model.C=0.5 seed=3"
+    assert tags["lab.output_dir"].endswith("outputs/run")
+    assert len(tags["lab.config_sha256"]) == 64
+    assert len(tags["lab.uv_lock_sha256"]) == 64
+    assert tags["lab.python_version"].count(".") == 2
+    assert tags["lab.sklearn_version"]
+    assert "mlflow.parentRunId" not in tags
+
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "train.log", ".hydra"} <= paths
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert hydra_files == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+    mlflow.set_tracking_uri(cli.uri)
+    model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
+    import joblib
+
+    from lab.training import load_dataset
+
+    X, _ = load_dataset("iris")
+    assert (model.predict(X) == joblib.load(run_dir / "model.joblib").predict(X)).all()
+
+
+def test_same_config_twice_gives_same_fingerprint_and_metrics(cli: Cli) -> None:
+    assert cli.run("seed=4", "hydra.run.dir=outputs/a").code == 0
+    assert cli.run("seed=4", "hydra.run.dir=outputs/b").code == 0
+    a, b = runs(cli)
+    assert a.data.metrics["accuracy"] == b.data.metrics["accuracy"]
+    assert a.data.tags["lab.config_sha256"] == b.data.tags["lab.config_sha256"]
+
+
+def test_sweep_makes_one_parent_with_a_child_per_job_and_a_summary(cli: Cli) -> None:
+    res = cli.sweep("seed=1,2", "model.C=0.1,1")
+    assert res.code == 0, res.stderr
+    all_runs = runs(cli)
+    [parent] = by_kind(all_runs, "sweep")
+    children = by_kind(all_runs, "job")
+    assert len(children) == 4
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.tags["lab.job_num"] for c in children) == ["0", "1", "2", "3"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {(c.data.params["seed"], c.data.params["model.C"]) for c in children} == {
+        ("1", "0.1"),
+        ("1", "1.0"),
+        ("2", "0.1"),
+        ("2", "1.0"),
+    }
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    for n in range(4):
+        assert (sweep_dir / str(n) / "metrics.json").exists()
+        assert (sweep_dir / str(n) / ".hydra" / "config.yaml").exists()
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "Mean ± std across seeds" in summary
+    assert "`model.C=0.1`" in summary
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    assert {"summary.csv", "summary.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # progress: one line per job, then where the summary is
+    assert res.stdout.count("→ accuracy=") == 4
+    assert "[4/4]" in res.stdout
+    assert "summary.md" in res.stdout
+    # group stats match the children
+    import statistics
+
+    accs = [c.data.metrics["accuracy"] for c in children if c.data.params["model.C"] == "1.0"]
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| `model.C=1`"))
+    assert f"{statistics.fmean(accs):.4f} ± {statistics.pstdev(accs):.4f}" in line
+
+
+def test_failed_job_is_failed_run_with_traceback_and_others_still_run(cli: Cli) -> None:
+    res = cli.sweep("split=kfold", "split.n_splits=5,60")
+    assert res.code == 1
+    assert "1 of 2 jobs failed" in res.stderr
+    assert "#1 split=kfold split.n_splits=60" in res.stderr
+    all_runs = runs(cli)
+    [parent] = by_kind(all_runs, "sweep")
+    ok, bad = by_kind(all_runs, "job")
+    assert parent.info.status == "FAILED"
+    assert ok.info.status == "FINISHED"
+    assert bad.info.status == "FAILED"
+    assert bad.data.tags["lab.error"].startswith("ValueError: split.n_splits=60")
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    path = client.download_artifacts(bad.info.run_id, "traceback.txt", str(cli.cwd))
+    assert "Traceback" in Path(path).read_text()
+    job_dir = cli.cwd / "outputs" / "sweep" / "1"
+    assert "ValueError" in (job_dir / "train.log").read_text()
+    assert "FAILED" in (cli.cwd / "outputs" / "sweep" / "summary.csv").read_text()
+
+
+def test_single_run_failure_is_recorded_and_reported(cli: Cli) -> None:
+    res = cli.train("split=kfold", "split.n_splits=60")
+    assert res.code == 1
+    assert "ValueError: split.n_splits=60" in res.stderr
+    assert "Traceback" not in res.stderr
+    [run] = runs(cli)
+    assert run.info.status == "FAILED"
+    assert (cli.cwd / "outputs" / "run" / "traceback.txt").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_basic_and_joblib_sweeps_give_identical_metrics(cli: Cli, launcher: str, tmp_path_factory: Any) -> None:
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    res = cli.sweep("seed=1,2,3", "model=svm", "tracking=none", *extra)
+    assert res.code == 0, res.stderr
+    metrics = {
+        n: json.loads((cli.cwd / "outputs" / "sweep" / str(n) / "metrics.json").read_text())["metrics"]
+        for n in range(3)
+    }
+    assert not (cli.cwd / "mlflow.db").exists()
+    store = tmp_path_factory.getbasetemp() / "launcher-metrics.json"
+    if store.exists():
+        assert json.loads(store.read_text()) == {str(k): v for k, v in metrics.items()}
+    else:
+        store.write_text(json.dumps(metrics))
+
+
+def test_joblib_sweep_tracks_every_job(cli: Cli) -> None:
+    res = cli.sweep("seed=1,2,3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert res.code == 0, res.stderr
+    all_runs = runs(cli)
+    [parent] = by_kind(all_runs, "sweep")
+    children = by_kind(all_runs, "job")
+    assert len(children) == 4
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert len({c.data.tags["lab.pid"] for c in children} - {parent.data.tags["lab.pid"]}) >= 1
+
+
+def test_environment_overrides_experiment_name(cli: Cli) -> None:
+    assert cli.train(MLFLOW_EXPERIMENT_NAME="mine").code == 0
+    assert len(runs(cli, "mine")) == 1
+
+
+def test_tracking_none_writes_outputs_but_no_store(cli: Cli) -> None:
+    res = cli.train("tracking=none")
+    assert res.code == 0, res.stderr
+    assert (cli.cwd / "outputs" / "run" / "metrics.json").exists()
+    assert not (cli.cwd / "mlflow.db").exists()
+    assert not (cli.cwd / "mlruns").exists()
+
+
+def test_default_run_dirs_never_collide(cli: Cli) -> None:
+    a = cli.run("tracking=none")
+    b = cli.run("tracking=none")
+    assert a.code == b.code == 0
+    dirs = list((cli.cwd / "outputs" / "runs").glob("*/*"))
+    assert len(dirs) == 2
+    assert all(len(d.name.split("-")) == 4 for d in dirs)  # H-M-S-microseconds
