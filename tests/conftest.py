@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from lab.config import TrainConfig, register_configs, to_typed
@@ -85,3 +87,12 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
+
+
+def store_runs(uri: str, experiment: str = "lab") -> list[Run]:
+    """Every run of ``experiment`` in the store at ``uri``, oldest first."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000))

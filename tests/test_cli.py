@@ -11,15 +11,11 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from tests.conftest import Cli
+from tests.conftest import Cli, store_runs
 
 
 def runs(cli: Cli, experiment: str = "lab") -> list[Run]:
-    client = mlflow.MlflowClient(tracking_uri=cli.uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+    return store_runs(cli.uri, experiment)
 
 
 def by_kind(all_runs: list[Run], kind: str) -> list[Run]:

@@ -20,16 +20,17 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from lab.records import SYNCED_FILE, JobRecord, read_json, write_json
+from lab.records import PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Publisher", "configure_client_env", "redact", "resolve_uri"]
+__all__ = ["Publisher", "configure_client_env", "note_pending", "redact", "resolve_uri"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lab"
@@ -74,15 +75,34 @@ def configure_client_env(timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-def prepare_sqlite(uri: str) -> None:
-    """Switch a sqlite store to WAL once (the setting lives in the file), so readers such as
-    the UI never block the writer; MLflow itself sets ``busy_timeout = 20000`` per session."""
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating or migrating a sqlite store across processes: concurrent alembic
+    migrations of a fresh file corrupt it for good (``_alembic_tmp_*`` tables)."""
     if not uri.startswith("sqlite:///"):
+        yield
         return
-    import sqlite3
+    import fcntl
 
-    with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _use_wal(uri: str) -> None:
+    """Switch a sqlite store to WAL once (the mode is kept in the file): readers such as the
+    UI then never block the writer, and writers don't block readers. MLflow itself sets
+    ``busy_timeout = 20000`` on every session, which absorbs writer contention."""
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 class Publisher:
@@ -101,6 +121,9 @@ class Publisher:
         self.uri = uri
         self._mlflow = mlflow
         self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):
+            self.client.search_experiments(max_results=1)  # creates or migrates the store
+            _use_wal(uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}  # sweep uid -> parent run id
         self._runs: dict[str, str] = {}  # job uid -> run id, for runs made by this publisher
@@ -221,13 +244,23 @@ class Publisher:
 
         model = joblib.load(path)
         with self._mlflow.start_run(run_id=run_id):
-            mlflow.sklearn.log_model(model, name="model", pip_requirements=locked_requirements())
+            try:
+                # cloudpickle, like the joblib file it comes from: skops refuses to load
+                # tree models unless every type is whitelisted by hand.
+                mlflow.sklearn.log_model(
+                    model, name="model", serialization_format="cloudpickle", pip_requirements=locked_requirements()
+                )
+            except Exception as exc:  # noqa: BLE001 - the run keeps its metrics; say why the model is missing
+                reason = f"{type(exc).__name__}: {exc}"[:5000]
+                self.client.set_tag(run_id, "lab.model_error", reason)
+                print(f"lab: could not log the model of run {run_id}: {reason[:300]}", file=sys.stderr)
 
 
 def locked_requirements() -> list[str]:
+    """Exact versions of what loading the model needs, from this (uv.lock-pinned) environment."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "numpy", "scipy", "skops")]
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "numpy", "scipy", "cloudpickle")]
 
 
 def _tags(tags: dict[str, str]) -> list[Any]:
@@ -257,27 +290,50 @@ class _Session:
         self.uri = uri
         self.publisher: Publisher | None = None
         self.broken: str | None = None  # why tracking is unavailable; records then stay pending
+        self.failures = 0  # consecutive failed records
         self.open_jobs: dict[str, JobRecord] = {}  # started, not yet finished
         self.sweeps: dict[str, JobRecord] = {}
 
     def connect(self) -> Publisher | None:
-        if self.publisher is None and self.broken is None:
+        """The publisher, or None once tracking is judged unavailable."""
+        if self.broken is None and self.publisher is None:
             try:
-                prepare_sqlite(self.uri)
                 self.publisher = Publisher(self.uri)
-            except Exception as exc:  # noqa: BLE001 - any failure leaves records pending
-                self.fail(exc)
-        return self.publisher
+            except Exception as exc:  # noqa: BLE001 - an unreachable store leaves every record pending
+                self.broken = _reason(exc)
+                self._report(f"tracking to {redact(self.uri)} failed ({self.broken[:300]})")
+        return None if self.broken else self.publisher
 
-    def fail(self, exc: BaseException) -> None:
-        if self.broken is None:
-            self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(
-                f"lab: tracking to {redact(self.uri)} failed ({self.broken[:300]}); records stay pending "
-                "in each job's tracking.json; upload them later with `python -m lab.runs sync`",
-                file=sys.stderr,
-                flush=True,
-            )
+    def _report(self, message: str) -> None:
+        print(
+            f"lab: {message}; records stay pending in each job's tracking.json; "
+            "upload them later with `python -m lab.runs sync`",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def attempt(self, record: JobRecord, action: Callable[[Publisher], object]) -> None:
+        """Publish one record. A failure leaves it pending (noted in its job dir); two in a
+        row mean the store is down, and the rest are left pending at once instead of each
+        waiting for time-outs."""
+        publisher = self.connect()
+        if publisher is None:
+            note_pending(record, self.broken or "tracking unavailable")
+            return
+        try:
+            action(publisher)
+            self.failures = 0
+        except Exception as exc:  # noqa: BLE001
+            self.failures += 1
+            reason = _reason(exc)
+            note_pending(record, reason)
+            if self.failures >= 2:
+                self.broken = reason
+            self._report(f"publishing {record.job_dir} to {redact(self.uri)} failed ({reason[:300]})")
+
+    def publish_job(self, record: JobRecord) -> None:
+        sweep = self.sweep_of(record)
+        self.attempt(record, lambda p: p.publish(record, sweep))
 
     def sweep_of(self, record: JobRecord) -> JobRecord | None:
         if record.parent_uid is None:
@@ -294,26 +350,11 @@ class _Session:
                 self.open_jobs.pop(record.uid, None)
             else:
                 self.open_jobs[record.uid] = record
-            self.publish(record, self.sweep_of(record))
+            self.publish_job(record)
         elif kind == "sweep_end":
-            sweep = JobRecord.load(event["job_dir"])
-            self.sweeps[sweep.uid] = sweep
-            publisher = self.connect()
-            if publisher is not None:
-                try:
-                    publisher.finish_parent(sweep)
-                except Exception as exc:  # noqa: BLE001
-                    self.fail(exc)
-
-    def publish(self, record: JobRecord, sweep: JobRecord | None) -> None:
-        publisher = self.connect()
-        if publisher is None:
-            return
-        try:
-            publisher.publish(record, sweep)
-        except Exception as exc:  # noqa: BLE001
-            self.fail(exc)
-            _write_error(record, self.broken or str(exc))
+            sweep_record = JobRecord.load(event["job_dir"])
+            self.sweeps[sweep_record.uid] = sweep_record
+            self.attempt(sweep_record, lambda p: p.finish_parent(sweep_record))
 
     def abandon_open_jobs(self) -> None:
         """The launcher went away without finishing these jobs: end them by what became of
@@ -326,7 +367,15 @@ class _Session:
                 fresh.end_time = _now_ms()
                 fresh.tags["lab.error"] = fresh.error
                 fresh.save()
-            self.publish(fresh, self.sweep_of(fresh))
+            self.publish_job(fresh)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the exception type and the most telling part of its message."""
+    text = " ".join(str(exc).split())
+    if "Caused by" in text:  # urllib3 buries "Connection refused" at the end
+        text = text[text.rindex("Caused by") :]
+    return f"{type(exc).__name__}: {text}"
 
 
 def _alive(record: JobRecord) -> bool:
@@ -340,8 +389,9 @@ def _alive(record: JobRecord) -> bool:
     return True
 
 
-def _write_error(record: JobRecord, reason: str) -> None:
-    (Path(record.job_dir) / "tracking.error.txt").write_text(
+def note_pending(record: JobRecord, reason: str) -> None:
+    """Say in the job's outputs dir that its record did not reach MLflow, and why."""
+    (Path(record.job_dir) / PENDING_NOTE).write_text(
         f"tracking failed for this job: {reason}\nIts record stays in tracking.json; "
         "run `python -m lab.runs sync` to upload it.\n"
     )
@@ -380,7 +430,7 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
         session.abandon_open_jobs()
     with contextlib.suppress(OSError):  # absent, or late events: they stay for `lab.runs sync`
         queue_dir.rmdir()
-    return 0 if session.broken is None else 3
+    return 0 if session.broken is None and session.failures == 0 else 3
 
 
 def quiet_mlflow_logging() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PENDING_NOTE",
     "RECORD_FILE",
     "SYNCED_FILE",
     "JobRecord",
@@ -31,6 +32,7 @@ __all__ = [
 
 RECORD_FILE = "tracking.json"
 SYNCED_FILE = "tracking.synced.json"
+PENDING_NOTE = "tracking.error.txt"  # written when publishing failed; removed by a later sync
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 

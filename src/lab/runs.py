@@ -1,0 +1,143 @@
+"""``python -m lab.runs``: housekeeping for runs that a crash or an outage left behind.
+
+``sync``
+    Publish every pending record under an outputs dir (records whose MLflow run is
+    missing or incomplete, e.g. after the tracking server was down). Idempotent: runs are
+    found again by their ``lab.job_uid`` / ``lab.sweep_uid`` tags, so a second sync creates
+    nothing new.
+``reap``
+    End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
+    and whose ``lab.pid`` is gone become FAILED, with the reason in ``lab.error``; records
+    on disk in the same state are ended too, so a later ``sync`` agrees.
+``pending``
+    List the job dirs whose records have not reached MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from lab.publishing import (
+    Publisher,
+    configure_client_env,
+    quiet_mlflow_logging,
+    redact,
+    resolve_uri,
+)
+from lab.records import PENDING_NOTE, SYNCED_FILE, JobRecord, find_records, read_json
+
+__all__ = ["main", "pending_records", "reap", "sync"]
+
+
+def pending_records(root: Path) -> list[JobRecord]:
+    """Records under ``root`` whose MLflow run is missing or behind the record."""
+    pending = []
+    for job_dir in find_records(root):
+        record = JobRecord.load(job_dir)
+        synced = job_dir / SYNCED_FILE
+        if not synced.exists() or read_json(synced).get("status") != record.status:
+            pending.append(record)
+    return pending
+
+
+def sync(root: Path, uri: str) -> tuple[int, int]:
+    """Publish pending records; returns (published, failed)."""
+    publisher = Publisher(uri)
+    published = failed = 0
+    records = pending_records(root)
+    # jobs before their sweeps, so a parent is ended only after its children exist
+    for record in sorted(records, key=lambda r: r.tags.get("lab.kind") == "sweep"):
+        try:
+            if record.tags.get("lab.kind") == "sweep":
+                if record.finished:
+                    publisher.finish_parent(record)
+                else:
+                    continue
+            else:
+                sweep = JobRecord.load(record.parent_dir) if record.parent_dir else None
+                publisher.publish(record, sweep, search=True)
+            (Path(record.job_dir) / PENDING_NOTE).unlink(missing_ok=True)
+            published += 1
+            print(f"synced {record.job_dir} ({record.status})")
+        except Exception as exc:  # noqa: BLE001 - report each, carry on with the rest
+            failed += 1
+            print(f"failed {record.job_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return published, failed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandoned(tags: dict[str, str], host: str) -> bool:
+    pid = tags.get("lab.pid", "")
+    return tags.get("lab.host") == host and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def reap(root: Path, uri: str) -> int:
+    """End abandoned RUNNING runs (in MLflow and on disk) as FAILED; returns how many."""
+    from mlflow.entities import RunTag
+
+    host = socket.gethostname()
+    ended = 0
+    now = int(time.time() * 1000)
+    for job_dir in find_records(root) if root.exists() else []:
+        record = JobRecord.load(job_dir)
+        if not record.finished and _abandoned(record.tags, host):
+            record.status, record.end_time = "FAILED", now
+            record.error = f"abandoned: process {record.tags['lab.pid']} on {host} is gone"
+            record.tags["lab.error"] = record.error
+            record.save()
+    publisher = Publisher(uri)
+    client = publisher.client
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return 0
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000):
+        if not _abandoned(run.data.tags, host):
+            continue
+        reason = f"abandoned: process {run.data.tags['lab.pid']} on {host} is gone"
+        client.log_batch(run.info.run_id, tags=[RunTag("lab.error", reason)])
+        client.set_terminated(run.info.run_id, status="FAILED", end_time=now)
+        ended += 1
+        print(f"reaped {run.info.run_id} ({run.info.run_name}): {reason}")
+    return ended
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lab.runs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["sync", "reap", "pending"])
+    parser.add_argument("root", nargs="?", default="outputs", type=Path, help="outputs dir to scan (default: outputs)")
+    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
+    args = parser.parse_args(argv)
+    if args.command != "reap" and not args.root.is_dir():
+        parser.error(f"root {str(args.root)!r} is not a directory")
+    if args.command == "pending":
+        for record in pending_records(args.root):
+            print(f"{record.status:9} {record.job_dir}")
+        return
+    configure_client_env(args.timeout)
+    quiet_mlflow_logging()
+    uri = resolve_uri(args.tracking_uri)
+    if args.command == "sync":
+        published, failed = sync(args.root, uri)
+        print(f"lab: {published} record(s) synced to {redact(uri)}, {failed} failed")
+        sys.exit(1 if failed else 0)
+    ended = reap(args.root, uri)
+    print(f"lab: {ended} abandoned run(s) marked FAILED in {redact(uri)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Faults lose nothing: failed, interrupted, killed and untracked jobs all end accounted for
+(FINISHED, FAILED with a reason, or KILLED), in the outputs dir and in MLflow alike.
+
+Every test runs the real CLI as a subprocess against a real store: sqlite in tmp_path, or a
+real ``mlflow server`` on a loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import Run
+
+from tests.conftest import Cli, store_runs
+from tests.servers import mlflow_server
+
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+SLOW_JOBS = ["seed=1,2,3,4,5,6", "model=random_forest", "model.n_estimators=300", "data=digits"]
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+def kinds(runs: list[Run], kind: str) -> list[Run]:
+    return [r for r in runs if r.data.tags.get("lab.kind") == kind]
+
+
+def start(cli: Cli, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab.train", *args],
+        cwd=cli.cwd,
+        env=cli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job: killpg is a Ctrl-C
+    )
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed; exit {proc.wait()}: {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
+    cli: Cli, launcher: str, signum: int, to_group: bool
+) -> None:
+    proc = start(
+        cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *(JOBLIB if launcher == "joblib" else [])
+    )
+    wait_for_line(proc, "/6] ")  # one job done, others in flight
+    time.sleep(0.3)
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    children = kinds(runs, "job")
+    assert parent.info.status == "KILLED"
+    assert {r.info.status for r in runs} <= TERMINAL
+    assert any(c.info.status == "KILLED" for c in children)
+    assert all(c.data.tags["lab.error"].startswith("interrupted by SIG") for c in children if c.info.status == "KILLED")
+    started = [d for d in (cli.cwd / "outputs" / "sweep").iterdir() if d.name.isdigit()]
+    assert len(started) == len(children) < 6  # jobs never started created nothing
+    assert "killed" in (cli.cwd / "outputs" / "sweep" / "summary.md").read_text().lower()
+
+
+@pytest.mark.slow
+def test_interrupted_single_run_is_killed(cli: Cli) -> None:
+    proc = start(cli, "model=random_forest", "model.n_estimators=3000", "data=digits", "hydra.run.dir=outputs/run")
+    run_dir = cli.cwd / "outputs" / "run"
+    deadline = time.monotonic() + 60
+    while not (run_dir / "tracking.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    [run] = store_runs(cli.uri)
+    assert run.info.status == "KILLED"
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli) -> None:
+    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
+    sweep = cli.cwd / "outputs" / "sweep"
+    deadline = time.monotonic() + 60
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        records = list(sweep.glob("*/tracking.json"))
+        for path in records:
+            import json
+
+            tags = json.loads(path.read_text())["tags"]
+            if tags["lab.pid"] != str(proc.pid):
+                pid = int(tags["lab.pid"])
+        time.sleep(0.1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the out-of-memory killer, say
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    runs = store_runs(cli.uri)
+    assert {r.info.status for r in runs} <= TERMINAL
+    [parent] = kinds(runs, "sweep")
+    assert parent.info.status == "FAILED"
+    assert any(r.info.status == "FAILED" for r in kinds(runs, "job"))
+
+
+@pytest.mark.slow
+def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
+    """SIGKILL to everything (launcher, workers, publisher): runs stay RUNNING until
+    `lab.runs reap` ends them FAILED; `lab.runs sync` uploads what never reached MLflow."""
+    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if any(r.info.status == "RUNNING" for r in kinds(store_runs(cli.uri), "job")):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1)  # let orphaned loky workers notice
+    assert any(r.info.status == "RUNNING" for r in store_runs(cli.uri))
+
+    res = cli.run("reap", module="lab.runs")
+    assert res.code == 0, res.stderr
+    assert "abandoned run(s) marked FAILED" in res.stdout
+    runs = store_runs(cli.uri)
+    running_before = [r for r in runs if r.data.tags.get("lab.error", "").startswith("abandoned: process")]
+    assert running_before
+    assert all(r.info.status == "FAILED" for r in running_before)
+    assert not [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("lab.kind") == "job"]
+
+    first = cli.run("sync", module="lab.runs")
+    assert first.code == 0, first.stderr
+    second = cli.run("sync", module="lab.runs")
+    assert "0 record(s) synced" in second.stdout
+    runs = store_runs(cli.uri)
+    assert len({r.data.tags.get("lab.job_uid") for r in kinds(runs, "job")}) == len(kinds(runs, "job"))
+    assert client.search_experiments()
+
+
+def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(cli: Cli, tmp_path: Path) -> None:
+    started = time.monotonic()
+    res = cli.sweep("seed=1,2", MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    elapsed = time.monotonic() - started
+    assert res.code == 3, res.stderr  # trained, but tracking is pending
+    assert elapsed < 90  # MLflow's default retries would block for minutes
+    assert "Connection refused" in res.stderr and "python -m lab.runs sync" in res.stderr
+    sweep = cli.cwd / "outputs" / "sweep"
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").exists() and (sweep / job / "model.joblib").exists()
+        assert "tracking failed" in (sweep / job / "tracking.error.txt").read_text()
+    pending = cli.run("pending", "outputs", module="lab.runs")
+    assert pending.stdout.count("FINISHED") == 3  # two jobs and the sweep
+
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server.log") as url:
+        for attempt in range(2):
+            res = cli.run("sync", module="lab.runs", MLFLOW_TRACKING_URI=url)
+            assert res.code == 0, res.stderr
+            assert f"{3 if attempt == 0 else 0} record(s) synced" in res.stdout
+        runs = store_runs(url)
+        assert len(runs) == 3
+        [parent] = kinds(runs, "sweep")
+        assert {r.data.tags["mlflow.parentRunId"] for r in kinds(runs, "job")} == {parent.info.run_id}
+        assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in runs if r != parent)
+    assert not (sweep / "0" / "tracking.error.txt").exists()
+
+
+def test_credentials_and_environment_never_reach_the_store_or_outputs(cli: Cli, tmp_path: Path) -> None:
+    with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server.log") as url:
+        secret_uri = url.replace("http://", "http://alice:s3cr3t-token@")
+        res = cli.sweep("seed=1,2", MLFLOW_TRACKING_URI=secret_uri, LAB_TEST_MARKER="env-marker-42")
+        assert res.code == 0, res.stderr
+        runs = store_runs(url)
+        assert len(runs) == 3
+        client = mlflow.MlflowClient(tracking_uri=url)
+        texts = [res.stdout, res.stderr]
+        for r in runs:
+            texts += [str(r.data.params), str(r.data.tags)]
+            for art in client.list_artifacts(r.info.run_id):
+                if not art.is_dir:
+                    local = client.download_artifacts(r.info.run_id, art.path, str(tmp_path))
+                    texts.append(Path(local).read_text(errors="replace"))
+    texts += [p.read_text(errors="replace") for p in (cli.cwd / "outputs").rglob("*") if p.is_file()]
+    blob = "\n".join(texts)
+    assert "s3cr3t-token" not in blob
+    assert "env-marker-42" not in blob
+    assert "***@127.0.0.1" in blob  # the redacted form is what gets recorded
+
+
+@pytest.mark.slow
+def test_concurrent_writers_on_a_fresh_sqlite_store(cli: Cli) -> None:
+    """32 jobs on 4 joblib workers, and a second sweep started at the same moment, all into
+    one fresh sqlite store: no lost run, no lock error, no migration race."""
+    seeds = "seed=range(1,33)"
+    procs = [
+        start(
+            cli,
+            "--multirun",
+            seeds,
+            f"hydra.sweep.dir=outputs/sweep{i}",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=4",
+            "model.C=0.5",
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err
+        assert "database is locked" not in err and "alembic" not in err.lower()
+    runs = store_runs(cli.uri)
+    assert len(kinds(runs, "sweep")) == 2
+    jobs = kinds(runs, "job")
+    assert len(jobs) == 64
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all({"seed", "model.C", "data.name"} <= set(r.data.params) for r in jobs)
+    assert all({"accuracy", "f1_macro"} <= set(r.data.metrics) for r in jobs)
+    dirs = {r.data.tags["lab.output_dir"] for r in jobs}
+    assert len(dirs) == 64
+    import sqlite3
+
+    with sqlite3.connect(cli.cwd / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
