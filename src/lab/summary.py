@@ -18,7 +18,7 @@ import yaml
 
 from lab.outputs import TRACEBACK_FILE, job_status, read_metrics
 
-__all__ = ["Group", "JobRow", "Summary", "summarize_sweep"]
+__all__ = ["Group", "JobRow", "Summary", "summarize_rows", "summarize_sweep"]
 
 SEED_KEYS = ("seed", "+seed")
 
@@ -126,6 +126,12 @@ def summarize_sweep(sweep_dir: Path) -> Summary:
         status = job_status(job_dir)
         error = _error(job_dir) if status == "FAILED" else ""
         rows.append(JobRow(str(job_dir.relative_to(sweep_dir)), overrides, status, metrics, error))
+    return summarize_rows(rows)
+
+
+def summarize_rows(rows: list[JobRow]) -> Summary:
+    """Group the FINISHED rows by config, wherever the rows came from (job dirs, or the
+    child runs of a sweep's parent run in MLflow)."""
     names = sorted({m for r in rows for m in r.metrics})
     by_config: dict[str, list[JobRow]] = {}
     for r in rows:

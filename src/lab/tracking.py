@@ -14,6 +14,7 @@ of this object. So everything a job needs is set before jobs fan out, and is pic
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,13 @@ from lab import outputs
 from lab.config import job_section
 from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
-from lab.records import RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
+from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
 from lab.summary import summarize_sweep
 
-__all__ = ["Interrupted", "TrackingCallback", "flatten_params"]
+__all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
 QUEUE_DIR = ".lab-queue"
+PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,6 +69,15 @@ def flatten_params(node: Any, prefix: str = "") -> dict[str, str]:
         else:
             items[f"{prefix}{key}"] = str(value)
     return items
+
+
+def job_params(job_config: DictConfig) -> dict[str, str]:
+    """The MLflow params of a job: its resolved config (without ``hydra``) flattened by
+    :func:`flatten_params`, with credentials redacted from ``tracking.uri``."""
+    params = flatten_params(OmegaConf.to_container(job_config, resolve=True))
+    if "tracking.uri" in params:
+        params["tracking.uri"] = redact(params["tracking.uri"])
+    return params
 
 
 def _now_ms() -> int:
@@ -105,6 +117,13 @@ class TrackingCallback(Callback):
         # A second signal while we are already unwinding exits at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Stop jobs in worker processes too (a `kill` reaches only us; joblib would let
+        # running jobs finish): they end KILLED. The publisher is spared, to record it.
+        spare = self._publisher_proc.pid if self._publisher_proc else None
+        for pid in _child_pids():
+            if pid != spare:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         raise Interrupted(signum)
 
     def _at_exit(self) -> None:
@@ -224,10 +243,20 @@ class TrackingCallback(Callback):
             assert self._publisher_proc.stdin is not None
             self._publisher_proc.stdin.close()
             self._publisher_proc.wait()
-        if summary is not None and not interrupted and summary.failed:
+        if interrupted:
+            return
+        if summary is not None and summary.failed:
             failed = "".join(f"\n  #{r.job} {' '.join(r.overrides)}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
+        pending = [d for d in self._job_dirs(config) if (d / PENDING_NOTE).exists()]
+        if pending:
+            print(
+                f"lab: {len(pending)} job(s) trained but their MLflow records are pending "
+                "(see tracking.error.txt in each job dir); upload them with `python -m lab.runs sync`",
+                file=sys.stderr,
+            )
+            raise SystemExit(PENDING_EXIT)
 
     def _job_dirs(self, config: DictConfig) -> list[Path]:
         assert self.launch is not None
@@ -260,19 +289,22 @@ class TrackingCallback(Callback):
         assert self.launch.sweep_dir is not None
         sweep_dir = Path(self.launch.sweep_dir)
         summary = summarize_sweep(sweep_dir)
-        (sweep_dir / "summary.csv").write_text(summary.to_csv())
-        (sweep_dir / "summary.md").write_text(summary.to_markdown())
+        from lab.report import write_report  # here: job processes import this module and never report
+
+        write_report(sweep_dir, summary)
         final = status or ("FAILED" if summary.failed else "FINISHED")
+        counts = Counter(r.status.lower() for r in summary.rows)
         print(
-            f"lab: sweep {final.lower()}: {len(summary.rows)} jobs, {len(summary.failed)} failed; "
-            f"summary {sweep_dir / 'summary.md'}"
+            f"lab: sweep {final.lower()}: {len(summary.rows)} jobs ("
+            + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            + f"); summary {sweep_dir / 'summary.md'}"
         )
         if self._enabled(config):
             record = self._sweep_record(config)
             if (sweep_dir / RECORD_FILE).exists():
                 record.start_time = JobRecord.load(sweep_dir).start_time
             record.status, record.end_time = final, _now_ms()
-            record.artifacts = ["summary.csv", "summary.md"]
+            record.artifacts = ["summary.csv", "summary.md", "report.png"]
             record.metrics = {"jobs": len(summary.rows), "jobs_failed": len(summary.failed)}
             best = summary.best("accuracy")
             if best is not None:
@@ -282,7 +314,7 @@ class TrackingCallback(Callback):
             if config.tracking.background:
                 enqueue(self._queue_dir(config), "sweep_end", {"job_dir": str(sweep_dir)})
             else:
-                self._publish_inline(lambda p: p.finish_parent(record))
+                self._publish_inline(lambda p: p.finish_parent(record), record)
         return summary
 
     # --- job process -----------------------------------------------------------------
@@ -292,10 +324,7 @@ class TrackingCallback(Callback):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
         job_config = job_section(config)
-        container = OmegaConf.to_container(job_config, resolve=True)
-        params = flatten_params(container)
-        if "tracking.uri" in params:
-            params["tracking.uri"] = redact(params["tracking.uri"])
+        params = job_params(job_config)
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         overrides = " ".join(config.hydra.overrides.task)
         tags = {
@@ -382,10 +411,10 @@ class TrackingCallback(Callback):
             enqueue(root / QUEUE_DIR, "job", {"job_dir": str(job_dir)})
             return
         sweep = JobRecord.load(record.parent_dir) if record.parent_dir else None
-        self._publish_inline(lambda p: p.publish(record, sweep))
+        self._publish_inline(lambda p: p.publish(record, sweep), record)
 
-    def _publish_inline(self, action: Any) -> None:
-        from lab.publishing import Publisher
+    def _publish_inline(self, action: Any, record: JobRecord) -> None:
+        from lab.publishing import Publisher, note_pending
 
         assert self.launch is not None
         try:
@@ -394,7 +423,18 @@ class TrackingCallback(Callback):
                 publisher._parents[self.launch.uid] = self.launch.parent_run_id
             action(publisher)
         except Exception as exc:  # noqa: BLE001 - tracking must never lose the job's result
-            print(f"lab: tracking to {redact(self.launch.uri)} failed: {exc}", file=sys.stderr)
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            print(f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]})", file=sys.stderr)
+            note_pending(record, reason)
+
+
+def _child_pids() -> list[int]:
+    """Direct children of this process (Linux /proc; elsewhere none are found)."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+    return pids
 
 
 def _log_to_file_only(message: str) -> None:
