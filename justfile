@@ -60,7 +60,7 @@ server port="5000":
 bench *ARGS:
     {{uv}} python bench/run.py {{ARGS}}
 
-# build the container image (docker, or podman where there is no Docker engine)
+# build the container image (docker; else podman, e.g. `podman build --isolation chroot --pull=never -t lab:dev .`)
 docker-build tag="lab:dev":
     $(command -v docker || command -v podman) build -t {{tag}} .
 
@@ -70,5 +70,5 @@ docker-run tag="lab:dev" *ARGS:
 
 # remove outputs, the local store and caches
 clean:
-    rm -rf outputs/runs outputs/sweeps mlflow.db mlflow.db-* mlruns .pytest_cache .mypy_cache .ruff_cache
+    rm -rf outputs/runs outputs/sweeps outputs/reproductions mlflow.db mlflow.db-* mlflow.db.lock mlruns .pytest_cache .mypy_cache .ruff_cache
     find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,199 @@
+"""The sweep report: written at the end of a real sweep and logged to its parent run, then
+written again by ``python -m lab.report`` from the sweep dir or from the parent run id,
+and checked against the child runs in the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import statistics
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.entities import Run
+
+from lab.report import numeric_parameters, use_log_scale
+from lab.summary import JobRow
+from tests.conftest import Cli
+from tests.test_cli import by_kind, runs
+
+REPORT_FILES = ("summary.csv", "summary.md", "report.png")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Model logging is not what these tests are about, and it is most of a job's tracking time.
+FAST = "tracking.log_model=false"
+
+
+def assert_png(path: Path) -> None:
+    """A real, non-blank PNG that matplotlib reads back."""
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3
+    assert image.shape[0] > 200
+    assert image.shape[1] > 400
+    assert image.std() > 0.01  # something is drawn on it
+
+
+def parent_and_children(cli: Cli) -> tuple[Run, list[Run]]:
+    all_runs = runs(cli)
+    [parent] = by_kind(all_runs, "sweep")
+    return parent, by_kind(all_runs, "job")
+
+
+def config_of(child: Run) -> str:
+    """The child's overrides without the seed: the config key of summary.md's groups."""
+    return " ".join(o for o in child.data.tags["lab.overrides"].split() if not o.startswith("seed="))
+
+
+def assert_table_matches(out_dir: Path, children: list[Run], not_finished: frozenset[str] = frozenset()) -> None:
+    """summary.csv holds each child's accuracy exactly (jobs in ``not_finished`` as
+    unfinished rows); summary.md's groups hold the mean ± std of the finished children."""
+    rows = {row["job"]: row for row in csv.DictReader(io.StringIO((out_dir / "summary.csv").read_text()))}
+    assert set(rows) == {c.data.tags["lab.job_num"] for c in children}
+    finished: dict[str, list[float]] = {}
+    for child in children:
+        row = rows[child.data.tags["lab.job_num"]]
+        assert row["overrides"] == child.data.tags["lab.overrides"]
+        if row["job"] in not_finished:
+            assert row["status"] != "FINISHED"
+            assert row["accuracy"] == ""
+            continue
+        assert row["status"] == child.info.status == "FINISHED"
+        assert float(row["accuracy"]) == child.data.metrics["accuracy"]
+        assert float(row["f1_macro"]) == child.data.metrics["f1_macro"]
+        finished.setdefault(config_of(child), []).append(child.data.metrics["accuracy"])
+    markdown = (out_dir / "summary.md").read_text()
+    for config, accuracies in finished.items():
+        line = next(ln for ln in markdown.splitlines() if ln.startswith(f"| `{config}` |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1] == str(len(accuracies))
+        assert cells[2] == f"{statistics.fmean(accuracies):.4f} ± {statistics.pstdev(accuracies):.4f}"
+
+
+def logged(cli: Cli, run_id: str, name: str) -> bytes:
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    return Path(client.download_artifacts(run_id, name, str(cli.cwd / f"download-{name}"))).read_bytes()
+
+
+def test_sweep_end_writes_the_report_and_logs_it_to_the_parent_run(cli: Cli) -> None:
+    res = cli.sweep("seed=1,2", "model.C=0.1,1,10", FAST)
+    assert res.code == 0, res.stderr
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    for name in REPORT_FILES:
+        assert (sweep_dir / name).stat().st_size > 0, name
+    assert_png(sweep_dir / "report.png")
+    parent, children = parent_and_children(cli)
+    assert len(children) == 6
+    assert_table_matches(sweep_dir, children)
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    assert set(REPORT_FILES) <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert logged(cli, parent.info.run_id, "report.png") == (sweep_dir / "report.png").read_bytes()
+
+
+def test_regenerated_from_the_sweep_dir_after_an_interruption(cli: Cli) -> None:
+    assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST).code == 0
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    parent, children = parent_and_children(cli)
+    # A job that never wrote its metrics: what a sweep interrupted during that job leaves.
+    (sweep_dir / "0" / "metrics.json").unlink()
+    for name in REPORT_FILES:
+        (sweep_dir / name).unlink()
+
+    res = cli.run("outputs/sweep", module="lab.report")
+    assert res.code == 0, res.stderr
+    assert_png(sweep_dir / "report.png")
+    assert_table_matches(sweep_dir, children, not_finished=frozenset({"0"}))
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "summary.csv").read_text())))
+    assert rows[0]["status"] == "KILLED"
+    # the regenerated files replaced the ones the sweep logged to its parent run
+    assert parent.info.run_id in res.stdout
+    assert b"KILLED" in logged(cli, parent.info.run_id, "summary.csv")
+    assert logged(cli, parent.info.run_id, "report.png") == (sweep_dir / "report.png").read_bytes()
+
+    # by the parent's run id, while the sweep dir exists: the same report, from the dir
+    before = (sweep_dir / "summary.csv").read_text()
+    res = cli.run(parent.info.run_id, module="lab.report")
+    assert res.code == 0, res.stderr
+    assert (sweep_dir / "summary.csv").read_text() == before
+    assert not list(cli.cwd.glob("report-*"))
+
+
+def test_regenerated_from_the_parent_run_id_when_the_sweep_dir_is_gone(cli: Cli) -> None:
+    assert cli.sweep("seed=1,2,3", "model.C=0.01,1", FAST).code == 0
+    parent, children = parent_and_children(cli)
+    run_id = parent.info.run_id
+    shutil.rmtree(cli.cwd / "outputs" / "sweep")
+
+    res = cli.run(run_id, module="lab.report")
+    assert res.code == 0, res.stderr
+    assert "rebuilt from 6 child runs" in res.stdout
+    out_dir = cli.cwd / f"report-{run_id}"
+    assert_png(out_dir / "report.png")
+    assert_table_matches(out_dir, children)
+    assert not (cli.cwd / "outputs" / "sweep").exists()
+    assert logged(cli, run_id, "summary.csv") == (out_dir / "summary.csv").read_bytes()
+    assert logged(cli, run_id, "report.png") == (out_dir / "report.png").read_bytes()
+
+    # a child's run id is refused, pointing at its parent
+    res = cli.run(children[0].info.run_id, module="lab.report")
+    assert res.code == 2
+    assert f"its sweep's parent run is {run_id}" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_sweep_without_a_numeric_parameter_still_gets_a_plot(cli: Cli) -> None:
+    assert cli.sweep("seed=1,2", "model=logreg,svm", "tracking=none").code == 0
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    assert_png(sweep_dir / "report.png")
+    (sweep_dir / "report.png").unlink()
+    res = cli.run("outputs/sweep", "--out", "again", module="lab.report")
+    assert res.code == 0, res.stderr
+    assert "not logged to MLflow" in res.stdout
+    assert_png(cli.cwd / "again" / "report.png")
+    assert not (sweep_dir / "report.png").exists()
+    assert not (cli.cwd / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("no/such/dir", "SWEEP 'no/such/dir': neither an existing dir nor an MLflow run id"),
+        ("empty", "SWEEP 'empty': no job dirs in it"),
+        ("file.txt", "SWEEP 'file.txt': not a directory"),
+        ("0123456789abcdef0123456789abcdef", "no sqlite store at"),
+    ],
+)
+def test_bad_argument_exits_2_naming_it(cli: Cli, argument: str, expected: str) -> None:
+    (cli.cwd / "empty").mkdir()
+    (cli.cwd / "file.txt").write_text("")
+    res = cli.run(argument, module="lab.report")
+    assert res.code == 2
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (cli.cwd / "mlflow.db").exists()
+
+
+def job(overrides: list[str]) -> JobRow:
+    return JobRow("0", overrides, "FINISHED", {"accuracy": 1.0})
+
+
+def test_swept_numeric_parameters_leave_out_seed_fixed_and_non_numeric_values() -> None:
+    rows = [
+        job(["seed=1", "model.C=0.1", "model.kernel=rbf", "+split.n_splits=5", "data=wine"]),
+        job(["seed=2", "model.C=1e1", "model.kernel=linear", "+split.n_splits=10", "data=wine"]),
+        job(["seed=3", "model.C=0.1", "model.kernel=rbf", "+split.n_splits=nan", "data=wine"]),
+    ]
+    assert numeric_parameters(rows) == ["model.C"]
+    assert numeric_parameters(rows[:2]) == ["model.C", "split.n_splits"]
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [([0.01, 0.1, 1.0], True), ([1.0, 10.0, 50.0], False), ([0.0, 1.0, 1000.0], False), ([5.0, 500.0], True)],
+)
+def test_log_axis_when_positive_values_span_two_decades(values: list[float], log: bool) -> None:
+    assert use_log_scale(values) is log
