@@ -1,0 +1,32 @@
+"""The baseline lab is measured against: a plain script that imports scikit-learn and does
+N fits of the default job (iris, standardised logistic regression, stratified 80/20 split),
+with a prediction and both metrics each. No Hydra, no MLflow, no files.
+
+    python bench/plain.py N
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def main() -> None:
+    n = int(sys.argv[1])
+    X, y = load_iris(return_X_y=True)
+    for seed in range(1, n + 1):
+        X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, stratify=y, random_state=seed)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=200, random_state=seed))
+        pred = model.fit(X_train, y_train).predict(X_test)
+        accuracy_score(y_test, pred)
+        f1_score(y_test, pred, average="macro")
+
+
+if __name__ == "__main__":
+    main()

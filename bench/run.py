@@ -1,0 +1,327 @@
+"""lab's benchmark: what the launcher and tracking cost next to the scikit-learn work.
+
+    uv run --locked python bench/run.py            # the table, also written to BENCHMARKS.md
+    uv run --locked python bench/run.py --quick    # fewer repeats, smaller sweeps (a smoke run)
+
+Each target is a ratio against a plain script doing the same fits (bench/plain.py), the two
+measured side by side in this run, as medians of alternating repeats. Every process runs
+from compiled bytecode (this machine sets PYTHONDONTWRITEBYTECODE=1, which triples import
+times; here it is unset, after one warm-up run has written the .pyc files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = ROOT / "bench" / "plain.py"
+
+
+def bench_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                todo += [int(p) for p in children.read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Timed:
+    seconds: float
+    peak_rss_mb: float
+
+
+def run(cmd: list[str], cwd: Path) -> Timed:
+    """Wall time and the peak summed RSS of the process tree (sampled every 5 ms)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_kb(proc.pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return Timed(elapsed, peak / 1024)
+
+
+def fresh_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="lab-bench-"))
+
+
+def lab_sweep(n: int, *extra: str) -> Timed:
+    """A tracked sweep of n default jobs into a fresh sqlite store."""
+    work = fresh_dir()
+    try:
+        return run([sys.executable, "-m", "lab.train", "--multirun", f"seed=range(1,{n + 1})", *extra], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def plain(n: int) -> Timed:
+    work = fresh_dir()
+    try:
+        return run([sys.executable, str(PLAIN), str(n)], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def lab_single(store: Path | None) -> Timed:
+    """One tracked run from a cold process; into ``store``'s (migrated) sqlite file if given."""
+    work = fresh_dir()
+    try:
+        if store is not None:
+            shutil.copy(store, work / "mlflow.db")
+        return run([sys.executable, "-m", "lab.train"], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def alternate(repeats: int, *fns: Callable[[], Timed]) -> list[list[Timed]]:
+    """Run the functions in turn, ``repeats`` times, so drift hits them all alike."""
+    results: list[list[Timed]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            results[i].append(fn())
+    return results
+
+
+def med(xs: list[Timed]) -> float:
+    return statistics.median(t.seconds for t in xs)
+
+
+@dataclass
+class Row:
+    target: str
+    goal: str
+    measured: str
+    ok: bool
+    detail: str
+
+
+def marginal_cost(repeats: int, small: int, large: int) -> Row:
+    lab_s, lab_l, pl_s, pl_l = alternate(
+        repeats, lambda: lab_sweep(small), lambda: lab_sweep(large), lambda: plain(small), lambda: plain(large)
+    )
+    lab_job = (med(lab_l) - med(lab_s)) / (large - small)
+    plain_job = (med(pl_l) - med(pl_s)) / (large - small)
+    ratio = lab_job / plain_job
+    return Row(
+        "1. marginal cost per job, tracked sweep",
+        "≤ 1.5×",
+        f"{ratio:.1f}×",
+        ratio <= 1.5,
+        f"lab {lab_job * 1000:.1f} ms/job (T{small}={med(lab_s):.2f} s, T{large}={med(lab_l):.2f} s); "
+        f"plain {plain_job * 1000:.1f} ms/job (T{small}={med(pl_s):.2f} s, T{large}={med(pl_l):.2f} s)",
+    )
+
+
+def flatness(small: int, large: int, big: int) -> Row:
+    t_s, t_l, t_b = lab_sweep(small), lab_sweep(large), lab_sweep(big)
+    per_large = (t_l.seconds - t_s.seconds) / (large - small)
+    per_big = (t_b.seconds - t_l.seconds) / (big - large)
+    return Row(
+        "1b. per-job cost flat as N grows",
+        f"N={big} ≤ N={large}",
+        f"{per_big * 1000:.1f} vs {per_large * 1000:.1f} ms/job",
+        per_big <= per_large * 1.1,
+        f"T{small}={t_s.seconds:.1f} s, T{large}={t_l.seconds:.1f} s, T{big}={t_b.seconds:.1f} s",
+    )
+
+
+def single_run(repeats: int, store: Path) -> tuple[Row, Row]:
+    existing, fresh, base = alternate(repeats, lambda: lab_single(store), lambda: lab_single(None), lambda: plain(1))
+    ratio = med(existing) / med(base)
+    rss = statistics.median(t.peak_rss_mb for t in existing)
+    base_rss = statistics.median(t.peak_rss_mb for t in base)
+    limit = 1.2 * base_rss + 60
+    return (
+        Row(
+            "2. single tracked run, cold process",
+            "≤ 1.8×",
+            f"{ratio:.2f}×",
+            ratio <= 1.8,
+            f"lab {med(existing):.2f} s into an existing store ({med(fresh):.2f} s creating one); "
+            f"plain one-fit script {med(base):.2f} s",
+        ),
+        Row(
+            "4. peak RSS, single tracked run",
+            "≤ 1.2× plain + 60 MB",
+            f"{rss:.0f} MB",
+            rss <= limit,
+            f"limit {limit:.0f} MB (plain {base_rss:.0f} MB); summed over the process tree (launcher + publisher)",
+        ),
+    )
+
+
+def parallel(jobs: int) -> Row:
+    sweep = [f"seed=range(1,{jobs + 1})", "model=random_forest", "model.n_estimators=300", "data=digits"]
+    work = fresh_dir()
+    try:
+        basic = run([sys.executable, "-m", "lab.train", "--multirun", *sweep, "hydra.sweep.dir=basic"], work)
+        joblib = run(
+            [
+                sys.executable,
+                "-m",
+                "lab.train",
+                "--multirun",
+                *sweep,
+                "hydra.sweep.dir=joblib",
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2",
+            ],
+            work,
+        )
+        same = all(
+            json.loads((work / "basic" / str(i) / "metrics.json").read_text())["metrics"]
+            == json.loads((work / "joblib" / str(i) / "metrics.json").read_text())["metrics"]
+            for i in range(jobs)
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    speedup = basic.seconds / joblib.seconds
+    return Row(
+        "3. joblib (2 workers) speed-up",
+        "≥ 1.7×, same metrics",
+        f"{speedup:.2f}×",
+        speedup >= 1.7 and same and basic.seconds >= 30,
+        f"basic {basic.seconds:.1f} s, joblib {joblib.seconds:.1f} s, {jobs} random-forest jobs on digits, "
+        f"tracked; metrics identical: {same}",
+    )
+
+
+def model_logging(n: int) -> Row:
+    code = f"""
+import json, statistics, sys, tempfile, time, joblib
+from pathlib import Path
+import mlflow
+from lab.config import *
+from lab.publishing import Publisher
+from lab.training import train, load_dataset
+work = Path(tempfile.mkdtemp())
+pub = Publisher(f"sqlite:///{{work}}/m.db")
+exp = pub.experiment_id("bench")
+X, _ = load_dataset("iris")
+times, same = [], True
+for seed in range({n}):
+    cfg = TrainConfig(seed=seed, data=DataConfig("iris"), model=LogRegConfig(), split=HoldoutSplit(),
+                      tracking=TrackingConfig())
+    model = train(cfg).model
+    path = work / f"m{{seed}}.joblib"
+    joblib.dump(model, path)
+    run_id = pub.client.create_run(exp).info.run_id
+    t = time.perf_counter()
+    pub._log_model(run_id, path)
+    times.append(time.perf_counter() - t)
+    mlflow.set_tracking_uri(pub.uri)
+    loaded = mlflow.sklearn.load_model(f"runs:/{{run_id}}/model")
+    same = same and bool((loaded.predict(X) == model.predict(X)).all())
+print(json.dumps({{"median": statistics.median(times), "same": same}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=bench_env(), capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ms = result["median"] * 1000
+    return Row(
+        "5. model logging per job",
+        "≤ 100 ms, loads and predicts the same",
+        f"{ms:.0f} ms",
+        ms <= 100 and result["same"],
+        f"median of {n} logreg models, explicit pip requirements; "
+        f"mlflow.sklearn.load_model predicts the same labels: {result['same']}",
+    )
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"hydra-core {version('hydra-core')}, mlflow {version('mlflow')}, scikit-learn {version('scikit-learn')}, "
+        f"compiled bytecode, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sweeps and fewer repeats (smoke run)")
+    parser.add_argument("--full", action="store_true", help="also check flatness with a 2000-job sweep")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    small, large = (10, 40) if args.quick else (20, 200)
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
+    store_dir = fresh_dir()
+    lab_single(None)  # warm-up: .pyc files, OS caches
+    subprocess.run([sys.executable, "-m", "lab.train"], cwd=store_dir, env=bench_env(), check=True, capture_output=True)
+
+    rows = [marginal_cost(repeats, small, large)]
+    if args.full:
+        rows.append(flatness(small, large, 2000))
+    rows += list(single_run(repeats + 2, store_dir / "mlflow.db"))
+    rows.append(parallel(8 if args.quick else 24))
+    rows.append(model_logging(10 if args.quick else 30))
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+    lines = [
+        "| target | goal | measured | met | detail |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {r.target} | {r.goal} | {r.measured} | {'yes' if r.ok else 'NO'} | {r.detail} |" for r in rows),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    header = (
+        "# Benchmarks\n\nWritten by `just bench` (bench/run.py"
+        + (" --quick" if args.quick else "")
+        + f"). Machine: {machine()}.\n\n"
+    )
+    args.out.write_text(header + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
