@@ -31,6 +31,7 @@ __all__ = [
     "SvmConfig",
     "TrackingConfig",
     "TrainConfig",
+    "job_container",
     "job_section",
     "register_configs",
     "to_typed",
@@ -242,12 +243,25 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
     if schema is not None and dataclasses.is_dataclass(schema):
         allowed = {f.name for f in dataclasses.fields(schema)}
         for key in map(str, node):
-            if key not in allowed:
+            if key not in allowed and not (not prefix and key == "hydra"):
                 raise ConfigError(f"{prefix}{key}", node[key], "unknown key; allowed: " + ", ".join(sorted(allowed)))
     for key in map(str, node):
+        if not prefix and key == "hydra":
+            continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             _check_keys(child, f"{prefix}{key}.")
+
+
+def job_container(cfg: DictConfig) -> dict[str, Any]:
+    """The job's resolved config as plain containers, without ``hydra``; section by
+    section, so the ``hydra`` node is neither copied nor resolved."""
+    out: dict[str, Any] = {}
+    for key in map(str, cfg):
+        if key != "hydra":
+            value = cfg[key]
+            out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return out
 
 
 def job_section(cfg: DictConfig) -> DictConfig:
@@ -256,25 +270,32 @@ def job_section(cfg: DictConfig) -> DictConfig:
 
 
 def to_typed(cfg: DictConfig) -> TrainConfig:
-    """Turn a composed job config (without ``hydra``) into a validated :class:`TrainConfig`.
+    """Turn a composed job config into a validated :class:`TrainConfig` (``hydra`` is ignored).
 
     Raises
     ------
     ConfigError
         For an unknown key, an out-of-range value or a value outside its choices.
     """
-    job = job_section(cfg)
-    if OmegaConf.get_type(job) is not TrainConfig:
-        # masked_copy drops the node's type: check the top-level keys, then re-type it
-        allowed = {f.name for f in dataclasses.fields(TrainConfig)}
-        for key in map(str, job):
-            if key not in allowed:
-                raise ConfigError(key, job[key], "unknown key; allowed: " + ", ".join(sorted(allowed)))
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), job)
+    allowed = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in map(str, cfg):
+        if key != "hydra" and key not in allowed:
+            raise ConfigError(key, cfg[key], "unknown key; allowed: " + ", ".join(sorted(allowed)))
+    if OmegaConf.get_type(cfg) is TrainConfig:
+        # Composed by Hydra: every node is already typed. Convert section by section, so the
+        # whole config (with its large `hydra` node) is never copied: this runs for every job.
+        _check_keys(cfg)
+        sections: dict[str, Any] = {}
+        for f in dataclasses.fields(TrainConfig):
+            value = cfg[f.name]
+            sections[f.name] = OmegaConf.to_object(value) if isinstance(value, DictConfig) else value
+        typed = TrainConfig(**sections)
+    else:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), job_section(cfg))
         assert isinstance(merged, DictConfig)
-        job = merged
-    _check_keys(job)
-    typed = OmegaConf.to_object(job)
-    assert isinstance(typed, TrainConfig)
+        _check_keys(merged)
+        obj = OmegaConf.to_object(merged)
+        assert isinstance(obj, TrainConfig)
+        typed = obj
     validate(typed)
     return typed

@@ -7,12 +7,15 @@ carried to every job as tags, and compared by :mod:`lab.reproduce`.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from lab.config import job_container
 
 __all__ = ["PROJECT_ROOT", "config_fingerprint", "environment_tags"]
 
@@ -52,7 +55,6 @@ def environment_tags() -> dict[str, str]:
 
 
 def config_fingerprint(job_config: DictConfig) -> str:
-    """sha256 of the resolved job config (without ``hydra``), as canonical sorted YAML."""
-    container = OmegaConf.to_container(job_config, resolve=True)
-    text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
+    """sha256 of the resolved job config (without ``hydra``), as canonical sorted JSON."""
+    text = json.dumps(job_container(job_config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -30,18 +32,20 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lab import outputs
-from lab.config import job_section
+from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
 from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
-from lab.summary import summarize_sweep
+from lab.summary import JobRow, Summary, summarize_sweep
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
 QUEUE_DIR = ".lab-queue"
+OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
+STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
 
 
@@ -74,7 +78,7 @@ def flatten_params(node: Any, prefix: str = "") -> dict[str, str]:
 def job_params(job_config: DictConfig) -> dict[str, str]:
     """The MLflow params of a job: its resolved config (without ``hydra``) flattened by
     :func:`flatten_params`, with credentials redacted from ``tracking.uri``."""
-    params = flatten_params(OmegaConf.to_container(job_config, resolve=True))
+    params = flatten_params(job_container(job_config))
     if "tracking.uri" in params:
         params["tracking.uri"] = redact(params["tracking.uri"])
     return params
@@ -175,6 +179,12 @@ class TrackingCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
         self._start(config, str(config.hydra.sweep.dir))
+        study = _optuna_sweeper(config)
+        # Optuna's sweeper never calls on_sweep_validated; it runs n_trials jobs, except
+        # that a grid sampler stops early at the grid's size, which is not known here.
+        if study is not None and "GridSampler" not in str(OmegaConf.select(study, "sampler._target_")):
+            assert self.launch is not None
+            self.launch.n_jobs = int(study.n_trials)
 
     def on_sweep_validated(self, config: DictConfig, n_jobs: int) -> None:
         """Called by lab's sweeper once every job's config is valid, before any job runs."""
@@ -299,6 +309,16 @@ class TrackingCallback(Callback):
             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f"); summary {sweep_dir / 'summary.md'}"
         )
+        study = _optuna_sweeper(config)
+        direction = _directions(study)[0] if study is not None else "maximize"
+        trial = _best_trial(summary, direction) if study is not None else None
+        if study is not None:
+            print(
+                f"lab: best trial: job {trial.job}: {' '.join(trial.overrides)} → "
+                f"{OBJECTIVE}={trial.metrics[OBJECTIVE]:.4f} ({direction})"
+                if trial is not None
+                else "lab: best trial: none, no trial finished"
+            )
         if self._enabled(config):
             record = self._sweep_record(config)
             if (sweep_dir / RECORD_FILE).exists():
@@ -310,6 +330,16 @@ class TrackingCallback(Callback):
             if best is not None:
                 record.tags["lab.best.config"] = best.config
                 record.metrics.update({f"best.{k}": v for k, v in best.mean.items()})
+            if study is not None:
+                record.tags.update(_study_tags(study, direction))
+                if (sweep_dir / STUDY_RESULTS).exists():
+                    record.artifacts.append(STUDY_RESULTS)
+            if trial is not None:
+                fixed = set(config.hydra.overrides.task)  # the launch's own overrides, the same in every trial
+                params = {k: v for k, v in trial.params.items() if f"{k}={v}" not in fixed}
+                record.tags["lab.best.job_num"] = trial.job
+                record.tags["lab.best.params"] = json.dumps(params, sort_keys=True)
+                record.metrics["best.value"] = trial.metrics[OBJECTIVE]
             record.save()
             if config.tracking.background:
                 enqueue(self._queue_dir(config), "sweep_end", {"job_dir": str(sweep_dir)})
@@ -323,15 +353,14 @@ class TrackingCallback(Callback):
         if self.launch is None or not self._enabled(config):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
-        job_config = job_section(config)
-        params = job_params(job_config)
+        params = job_params(config)
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         overrides = " ".join(config.hydra.overrides.task)
         tags = {
             **self.launch.env_tags,
             "lab.overrides": overrides,
             "lab.output_dir": str(job_dir),
-            "lab.config_sha256": config_fingerprint(job_config),
+            "lab.config_sha256": config_fingerprint(config),
             "lab.job_uid": f"{self.launch.uid}-{num if num is not None else 'run'}",
             "lab.host": socket.gethostname(),
             "lab.pid": str(os.getpid()),
@@ -367,6 +396,7 @@ class TrackingCallback(Callback):
         if job_return.status == JobStatus.FAILED:
             error = outputs.write_failure(job_return._return_value, job_dir)
             _log_to_file_only(f"job failed: {error}\n" + (job_dir / outputs.TRACEBACK_FILE).read_text())
+            _keep_study_going(config, job_return)
         self._print_progress(config, num, job_dir, error)
         if self.launch is None or not self._enabled(config) or not (job_dir / RECORD_FILE).exists():
             return
@@ -456,3 +486,57 @@ def _artifacts(job_dir: Path) -> list[str]:
         "train.log",
     ]
     return [n for n in names if (job_dir / n).exists()]
+
+
+def _optuna_sweeper(config: DictConfig) -> DictConfig | None:
+    """``hydra.sweeper`` when it is hydra-optuna-sweeper's (``search=optuna`` and the like), else None."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    if isinstance(sweeper, DictConfig) and "hydra_optuna_sweeper" in str(sweeper.get("_target_", "")):
+        return sweeper
+    return None
+
+
+def _directions(sweeper: DictConfig) -> list[str]:
+    """The study's directions as Optuna names them; the sweeper takes a string, a
+    ``Direction`` enum (its default) or a list of either."""
+    value = sweeper.get("direction")
+    items = list(value) if isinstance(value, ListConfig | list) else [value]
+    return [str(getattr(d, "name", d)).lower() for d in items]
+
+
+def _keep_study_going(config: DictConfig, job_return: JobReturn) -> None:
+    """Hand hydra-optuna-sweeper a failed trial's worst possible value, so its study goes on.
+
+    The sweeper (1.2.0, ``OptunaSweeperImpl.sweep``) reads each trial's
+    ``JobReturn.return_value``, which re-raises a failed job's exception; it then tells
+    Optuna the trial failed and re-raises, which ends the study and skips
+    ``on_multirun_end``. This runs after the failure is written to the job dir and its
+    record, and only the sweeper reads the return afterwards: it tells Optuna the trial
+    completed with -inf (maximize) or +inf (minimize), which TPE ranks last and
+    ``best_trial`` never picks unless every trial failed. The sweep still ends FAILED.
+    """
+    sweeper = _optuna_sweeper(config)
+    if sweeper is None:
+        return
+    worst = [-math.inf if d == "maximize" else math.inf for d in _directions(sweeper)]
+    job_return.status = JobStatus.COMPLETED
+    job_return.return_value = worst[0] if len(worst) == 1 else worst
+
+
+def _best_trial(summary: Summary, direction: str) -> JobRow | None:
+    """The finished job with the best objective; on a tie the earliest, as Optuna picks."""
+    scored = [r for r in summary.rows if r.status == "FINISHED" and OBJECTIVE in r.metrics]
+    if not scored:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    return max(scored, key=lambda r: sign * r.metrics[OBJECTIVE])  # max keeps the first of equals
+
+
+def _study_tags(sweeper: DictConfig, direction: str) -> dict[str, str]:
+    sampler = str(OmegaConf.select(sweeper, "sampler._target_", default="")).rsplit(".", 1)[-1]
+    return {
+        "lab.study.direction": direction,
+        "lab.study.objective": OBJECTIVE,
+        "lab.study.sampler": sampler,
+        "lab.study.n_trials": str(sweeper.get("n_trials")),
+    }
