@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
 from lab import outputs
 from lab.config import job_container
@@ -100,6 +101,9 @@ class _Launch:
     sweep_dir: str | None = None
     n_jobs: int | None = None
     parent_run_id: str | None = None  # set up front only when jobs publish themselves
+    # MLFLOW_* of the launching process (URI, credentials, HTTP time-outs): a job on a Ray
+    # or SLURM worker does not inherit that environment, so on_job_start applies it.
+    client_env: dict[str, str] | None = None
 
 
 class TrackingCallback(Callback):
@@ -157,6 +161,7 @@ class TrackingCallback(Callback):
         if not tracking.enabled:
             return
         configure_client_env(tracking.timeout_s)
+        self.launch.client_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
         if tracking.background:
             # The publisher gets its own session so a Ctrl-C reaches only us: we decide
             # what the interrupted jobs become, then let it drain the queue.
@@ -178,7 +183,7 @@ class TrackingCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
-        self._start(config, str(config.hydra.sweep.dir))
+        self._start(config, _pin_sweep_dir(config))
         study = _optuna_sweeper(config)
         # Optuna's sweeper never calls on_sweep_validated; it runs n_trials jobs, except
         # that a grid sampler stops early at the grid's size, which is not known here.
@@ -242,7 +247,6 @@ class TrackingCallback(Callback):
         self._done = True
         config = self._config
         assert config is not None
-        interrupted = status == "KILLED"
         if status is not None:
             for job_dir in self._job_dirs(config):
                 self._end_open_record(job_dir, status)
@@ -253,8 +257,8 @@ class TrackingCallback(Callback):
             assert self._publisher_proc.stdin is not None
             self._publisher_proc.stdin.close()
             self._publisher_proc.wait()
-        if interrupted:
-            return
+        if status is not None:
+            return  # from atexit: the interrupt or the launcher's own error sets the exit code
         if summary is not None and summary.failed:
             failed = "".join(f"\n  #{r.job} {' '.join(r.overrides)}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
@@ -350,6 +354,8 @@ class TrackingCallback(Callback):
     # --- job process -----------------------------------------------------------------
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.launch is not None and self.launch.client_env:
+            os.environ.update(self.launch.client_env)  # before anything resolves ${oc.env:MLFLOW_...}
         if self.launch is None or not self._enabled(config):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
@@ -456,6 +462,21 @@ class TrackingCallback(Callback):
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             print(f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]})", file=sys.stderr)
             note_pending(record, reason)
+
+
+def _pin_sweep_dir(config: DictConfig) -> str:
+    """The sweep dir, made absolute for every job. Launchers compose each job's config anew
+    from ``hydra.overrides.hydra``, and a job may run in another working dir (a Ray worker
+    runs in its cluster's), where a relative dir would land elsewhere."""
+    sweep_dir = str(config.hydra.sweep.dir)  # resolves ${now:...} once, cached for the jobs
+    absolute = os.path.abspath(sweep_dir)
+    if absolute != sweep_dir:
+        # quoted for Hydra's override grammar: backslashes double only before a quote
+        quoted = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), absolute)
+        with read_write(config.hydra):
+            config.hydra.sweep.dir = absolute
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+    return absolute
 
 
 def _child_pids() -> list[int]:
