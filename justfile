@@ -56,7 +56,7 @@ ui port="5000":
 server port="5000":
     {{uv}} mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlruns --serve-artifacts --host 127.0.0.1 --port {{port}}
 
-# the benchmark table (bench/README.md); writes BENCHMARKS.md
+# the performance targets of issue 4 against a plain scikit-learn loop; writes BENCHMARKS.md
 bench *ARGS:
     {{uv}} python bench/run.py {{ARGS}}
 

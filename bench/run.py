@@ -232,13 +232,14 @@ def parallel(jobs: int) -> Row:
 
 def model_logging(n: int) -> Row:
     code = f"""
-import json, statistics, sys, tempfile, time, joblib
+import json, os, statistics, sys, tempfile, time, joblib
 from pathlib import Path
 import mlflow
 from lab.config import *
 from lab.publishing import Publisher
 from lab.training import train, load_dataset
 work = Path(tempfile.mkdtemp())
+os.chdir(work)  # MLflow puts the experiment's artifacts under ./mlruns
 pub = Publisher(f"sqlite:///{{work}}/m.db")
 exp = pub.experiment_id("bench")
 X, _ = load_dataset("iris")
@@ -301,6 +302,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "lab.train"], cwd=store_dir, env=bench_env(), check=True, capture_output=True)
 
     rows = [marginal_cost(repeats, small, large)]
+    print(rows[-1], flush=True)
     if args.full:
         rows.append(flatness(small, large, 2000))
     rows += list(single_run(repeats + 2, store_dir / "mlflow.db"))

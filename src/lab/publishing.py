@@ -121,6 +121,8 @@ class Publisher:
         self.uri = uri
         self._mlflow = mlflow
         self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
+        # log_model only exists in MLflow's fluent API, which reads the global URI
+        mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
             self.client.search_experiments(max_results=1)  # creates or migrates the store
             _use_wal(uri)
