@@ -14,6 +14,7 @@ the jobs fill (see :mod:`lab.records`) until its stdin closes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import socket
@@ -119,16 +120,14 @@ class Publisher:
 
         quiet_mlflow_logging()
         self.uri = uri
-        self._mlflow = mlflow
         self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
-        # log_model only exists in MLflow's fluent API, which reads the global URI
-        mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
             self.client.search_experiments(max_results=1)  # creates or migrates the store
             _use_wal(uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}  # sweep uid -> parent run id
         self._runs: dict[str, str] = {}  # job uid -> run id, for runs made by this publisher
+        self._finished: set[str] = set()  # job uids whose final record this publisher wrote
 
     # --- experiments and run lookup ----------------------------------------------------
 
@@ -184,6 +183,10 @@ class Publisher:
         ``search=True`` looks the run up by its ``lab.job_uid`` tag first (for ``sync``,
         where an earlier attempt may have got part of the way).
         """
+        if record.uid in self._finished:
+            # the start and end events of a job both point at its record; when the
+            # publisher lags, the first already found it final
+            return self._runs[record.uid]
         exp = self.experiment_id(record.experiment)
         run_id = self._runs.get(record.uid)
         if run_id is None and search:
@@ -210,6 +213,7 @@ class Publisher:
         self._log_artifacts(run_id, record)
         self.client.set_terminated(run_id, status=record.status, end_time=record.end_time)
         write_json(Path(record.job_dir) / SYNCED_FILE, self._synced(run_id, record))
+        self._finished.add(record.uid)
         return run_id
 
     def _synced(self, run_id: str, record: JobRecord) -> dict[str, Any]:
@@ -239,25 +243,37 @@ class Publisher:
             self._log_model(run_id, job_dir / record.model)
 
     def _log_model(self, run_id: str, path: Path) -> None:
-        """Log the pickled estimator as an MLflow sklearn model, with pip requirements taken
-        from this (locked) environment instead of MLflow's inference in a subprocess (~3 s)."""
+        """Log the pickled estimator as an MLflow sklearn model (``runs:/<id>/model``).
+
+        ``save_model`` into a temporary dir plus one ``log_artifacts``, with pip requirements
+        taken from this (locked) environment: MLflow's own inference runs pip in a
+        subprocess (~3 s a model), and ``log_model`` adds a LoggedModel entity and several
+        store round trips (~150 ms a model here) that the per-run model does not need.
+        """
+        import tempfile
+
         import joblib
         import mlflow.sklearn
 
-        model = joblib.load(path)
-        with self._mlflow.start_run(run_id=run_id):
-            try:
+        try:
+            model = joblib.load(path)
+            with tempfile.TemporaryDirectory() as tmp:
                 # cloudpickle, like the joblib file it comes from: skops refuses to load
                 # tree models unless every type is whitelisted by hand.
-                mlflow.sklearn.log_model(
-                    model, name="model", serialization_format="cloudpickle", pip_requirements=locked_requirements()
+                mlflow.sklearn.save_model(
+                    model,
+                    f"{tmp}/model",
+                    serialization_format="cloudpickle",
+                    pip_requirements=locked_requirements(),
                 )
-            except Exception as exc:  # noqa: BLE001 - the run keeps its metrics; say why the model is missing
-                reason = f"{type(exc).__name__}: {exc}"[:5000]
-                self.client.set_tag(run_id, "lab.model_error", reason)
-                print(f"lab: could not log the model of run {run_id}: {reason[:300]}", file=sys.stderr)
+                self.client.log_artifacts(run_id, f"{tmp}/model", "model")
+        except Exception as exc:  # noqa: BLE001 - the run keeps its metrics; say why the model is missing
+            reason = f"{type(exc).__name__}: {exc}"[:5000]
+            self.client.set_tag(run_id, "lab.model_error", reason)
+            print(f"lab: could not log the model of run {run_id}: {reason[:300]}", file=sys.stderr)
 
 
+@functools.cache
 def locked_requirements() -> list[str]:
     """Exact versions of what loading the model needs, from this (uv.lock-pinned) environment."""
     from importlib.metadata import version

@@ -427,6 +427,8 @@ class TrackingCallback(Callback):
                 data = outputs.read_metrics(job_dir) or {}
                 shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(data.get("metrics", {}).items()))
                 print(f"{shown} ({job_dir})")
+            else:
+                print(f"lab: traceback in {job_dir / outputs.TRACEBACK_FILE}", file=sys.stderr)
             return
         total = f"/{self.launch.n_jobs}" if self.launch and self.launch.n_jobs else ""
         overrides = " ".join(config.hydra.overrides.task)
@@ -447,7 +449,8 @@ class TrackingCallback(Callback):
             enqueue(root / QUEUE_DIR, "job", {"job_dir": str(job_dir)})
             return
         sweep = JobRecord.load(record.parent_dir) if record.parent_dir else None
-        self._publish_inline(lambda p: p.publish(record, sweep), record)
+        # search: each call has a fresh Publisher, so the job's end finds the run its start made
+        self._publish_inline(lambda p: p.publish(record, sweep, search=True), record)
 
     def _publish_inline(self, action: Any, record: JobRecord) -> None:
         from lab.publishing import Publisher, note_pending
