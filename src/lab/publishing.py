@@ -120,9 +120,10 @@ class Publisher:
 
         quiet_mlflow_logging()
         self.uri = uri
-        self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
         with _store_lock(uri):
-            self.client.search_experiments(max_results=1)  # creates or migrates the store
+            # MlflowClient() itself creates or migrates a sqlite store
+            self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)
             _use_wal(uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}  # sweep uid -> parent run id
