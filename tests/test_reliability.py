@@ -7,6 +7,7 @@ real ``mlflow server`` on a loopback port.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,6 +51,21 @@ def wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
     raise AssertionError(f"{text!r} never printed; exit {proc.wait()}: {proc.stderr.read() if proc.stderr else ''}")
 
 
+def wait_for_job_in_flight(sweep: Path) -> None:
+    """Until some job has started (its record says RUNNING) and has not written metrics."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for record in sweep.glob("*/tracking.json"):
+            try:
+                running = json.loads(record.read_text())["status"] == "RUNNING"
+            except (OSError, ValueError):
+                continue
+            if running and not (record.parent / "metrics.json").exists():
+                return
+        time.sleep(0.02)
+    raise AssertionError("no job in flight within 60 s")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 @pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
@@ -59,8 +75,8 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     proc = start(
         cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *(JOBLIB if launcher == "joblib" else [])
     )
-    wait_for_line(proc, "/6] ")  # one job done, others in flight
-    time.sleep(0.3)
+    wait_for_line(proc, "/6] ")  # one job done
+    wait_for_job_in_flight(cli.cwd / "outputs" / "sweep")
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err
@@ -101,8 +117,6 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli) -> None:
     while pid is None and time.monotonic() < deadline:
         records = list(sweep.glob("*/tracking.json"))
         for path in records:
-            import json
-
             tags = json.loads(path.read_text())["tags"]
             if tags["lab.pid"] != str(proc.pid):
                 pid = int(tags["lab.pid"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from lab.outputs import TRACEBACK_FILE, job_status, read_metrics
+from lab.records import RECORD_FILE, TERMINAL
 
 __all__ = ["Group", "JobRow", "Summary", "summarize_rows", "summarize_sweep"]
 
@@ -115,6 +117,16 @@ def _error(job_dir: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def _status(job_dir: Path) -> str:
+    """The job's MLflow status when it has a final record (the two must agree), else what
+    its outputs dir shows."""
+    try:
+        record = json.loads((job_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return job_status(job_dir)
+    return str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
+
+
 def summarize_sweep(sweep_dir: Path) -> Summary:
     rows: list[JobRow] = []
     for job_dir in job_dirs(sweep_dir):
@@ -123,7 +135,7 @@ def summarize_sweep(sweep_dir: Path) -> Summary:
         except OSError:
             overrides = []
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
-        status = job_status(job_dir)
+        status = _status(job_dir)
         error = _error(job_dir) if status == "FAILED" else ""
         rows.append(JobRow(str(job_dir.relative_to(sweep_dir)), overrides, status, metrics, error))
     return summarize_rows(rows)

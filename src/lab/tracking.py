@@ -248,6 +248,8 @@ class TrackingCallback(Callback):
         config = self._config
         assert config is not None
         if status is not None:
+            # No worker may start or end a job once we decide what the open ones became.
+            _stop_workers(spare=self._publisher_proc.pid if self._publisher_proc else None)
             for job_dir in self._job_dirs(config):
                 self._end_open_record(job_dir, status)
         summary = None
@@ -287,6 +289,12 @@ class TrackingCallback(Callback):
             return
         record = JobRecord.load(job_dir)
         if record.finished:
+            return
+        if (job_dir / outputs.METRICS_FILE).exists():
+            # Trained and written, stopped only before its bookkeeping: nothing was lost.
+            assert self._config is not None
+            _complete(record, job_dir, None, log_model=bool(self._config.tracking.log_model))
+            self._submit(record, job_dir)
             return
         record.status, record.end_time = status, _now_ms()
         if status == "KILLED" and self._signal is not None:
@@ -406,20 +414,8 @@ class TrackingCallback(Callback):
         self._print_progress(config, num, job_dir, error)
         if self.launch is None or not self._enabled(config) or not (job_dir / RECORD_FILE).exists():
             return
-        record = JobRecord.load(job_dir)
-        record.end_time = _now_ms()
-        data = outputs.read_metrics(job_dir) or {}
-        record.metrics = {**data.get("metrics", {}), **{f"timing.{k}": v for k, v in data.get("timing", {}).items()}}
-        if error is None:
-            record.status = "FINISHED"
-            if config.tracking.log_model and (job_dir / outputs.MODEL_FILE).exists():
-                record.model = outputs.MODEL_FILE
-        else:
-            record.status, record.error = "FAILED", error
-            record.tags["lab.error"] = error[:5000]
-        record.artifacts = _artifacts(job_dir)
-        record.save()
-        self._submit(record, job_dir)
+        _complete(JobRecord.load(job_dir), job_dir, error, log_model=bool(config.tracking.log_model))
+        self._submit(JobRecord.load(job_dir), job_dir)
 
     def _print_progress(self, config: DictConfig, num: int | None, job_dir: Path, error: str | None) -> None:
         if num is None:
@@ -480,6 +476,46 @@ def _pin_sweep_dir(config: DictConfig) -> str:
             config.hydra.sweep.dir = absolute
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
     return absolute
+
+
+def _complete(record: JobRecord, job_dir: Path, error: str | None, log_model: bool) -> None:
+    """Fill a job's record from its outputs dir once the job has returned, and save it."""
+    record.end_time = _now_ms()
+    data = outputs.read_metrics(job_dir) or {}
+    record.metrics = {**data.get("metrics", {}), **{f"timing.{k}": v for k, v in data.get("timing", {}).items()}}
+    if error is None:
+        record.status = "FINISHED"
+        if log_model and (job_dir / outputs.MODEL_FILE).exists():
+            record.model = outputs.MODEL_FILE
+    else:
+        record.status, record.error = "FAILED", error
+        record.tags["lab.error"] = error[:5000]
+    record.artifacts = _artifacts(job_dir)
+    record.save()
+
+
+def _stop_workers(spare: int | None, grace_s: float = 5.0) -> None:
+    """Wait for worker processes (children other than the publisher and loky's resource
+    tracker) to exit; SIGKILL the ones still there after ``grace_s``."""
+
+    def workers() -> list[int]:
+        found = []
+        for pid in _child_pids():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if pid != spare and b"resource_tracker" not in cmdline and state != "Z":
+                found.append(pid)
+        return found
+
+    deadline = time.monotonic() + grace_s
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in workers():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _child_pids() -> list[int]:
