@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -44,6 +45,12 @@ def main() -> None:
     """Run Hydra, reporting usage errors in one line (exit 2) and job failures briefly (exit 1)."""
     # Hydra would print its own long error text; with this it raises, and we report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Under `uv run`, Ray (hydra/launcher=ray) would start each worker with `uv run` in an
+    # uploaded copy of the cwd, building a new venv without the `ray` extra: they never
+    # start. Workers use the cluster's Python instead; set this to 1 to opt back in.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # conf/hydra/launcher/ray.yaml replaces the plugin's `ray` option on purpose (see there).
+    warnings.filterwarnings("ignore", message="\n'hydra/launcher/ray' is validated against ConfigStore schema")
     try:
         run_job()
     except UsageError as exc:
