@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
+from lab.records import JobRecord
 from lab.report import numeric_parameters, use_log_scale
 from lab.summary import JobRow
 from tests.conftest import Cli
@@ -98,8 +99,11 @@ def test_regenerated_from_the_sweep_dir_after_an_interruption(cli: Cli) -> None:
     assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST).code == 0
     sweep_dir = cli.cwd / "outputs" / "sweep"
     parent, children = parent_and_children(cli)
-    # A job that never wrote its metrics: what a sweep interrupted during that job leaves.
+    # What a sweep interrupted during job 0 leaves: no metrics, and a record ended KILLED.
     (sweep_dir / "0" / "metrics.json").unlink()
+    record = JobRecord.load(sweep_dir / "0")
+    record.status = "KILLED"
+    record.save()
     for name in REPORT_FILES:
         (sweep_dir / name).unlink()
 
