@@ -167,7 +167,8 @@ class TrackingCallback(Callback):
             # what the interrupted jobs become, then let it drain the queue.
             self._publisher_proc = subprocess.Popen(
                 [sys.executable, "-m", "lab.publishing", str(self._queue_dir(config))]
-                + ([] if sweep_dir else ["--open-store"]),
+                + ([] if sweep_dir else ["--open-store"])
+                + (["--preload-model"] if tracking.log_model else []),
                 stdin=subprocess.PIPE,
                 env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                 start_new_session=True,
