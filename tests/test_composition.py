@@ -1,6 +1,6 @@
 """The composition cache (lab.composition) must be invisible: for every kind of override,
 each job's config, its .hydra files, its metrics and its MLflow content equal what plain
-Hydra composition gives."""
+Hydra composition gives (and, end to end, what Hydra's own launcher gives)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def _comparable_tags(tags: dict[str, str]) -> dict[str, str]:
 def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli: Cli) -> None:
     sweep = ["seed=1,2", "model=logreg,svm", "model.C=0.5,2"]
     assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/fast").code == 0
-    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/plain", "hydra.sweeper.compose_cache=false").code == 0
+    plain_hydra = ["hydra.sweeper.compose_cache=false", "hydra/launcher=basic"]  # Hydra's composition and run_job
+    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/plain", *plain_hydra).code == 0
     fast, plain = cli.cwd / "outputs" / "fast", cli.cwd / "outputs" / "plain"
     for n in range(8):
         for name in ("config.yaml", "overrides.yaml"):
@@ -121,7 +122,9 @@ def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli:
             h["sweep"].pop("dir")
             h["runtime"].pop("output_dir")
             h["sweeper"].pop("compose_cache")
-            h["overrides"]["hydra"] = [o for o in h["overrides"]["hydra"] if "sweep" not in o]
+            h.pop("launcher")
+            h["runtime"]["choices"].pop("hydra/launcher")
+            h["overrides"]["hydra"] = [o for o in h["overrides"]["hydra"] if "sweep" not in o and "launcher" not in o]
         assert h_fast == h_plain
         m_fast = json.loads((fast / str(n) / "metrics.json").read_text())["metrics"]
         m_plain = json.loads((plain / str(n) / "metrics.json").read_text())["metrics"]

@@ -70,3 +70,37 @@ def test_train_keeps_no_state_between_calls(make_config: MakeConfig) -> None:
     first = train(make_config("seed=1")).metrics
     train(make_config("seed=2", "model=svm"))
     assert train(make_config("seed=1")).metrics == first
+
+
+def test_thread_pools_are_held_at_config_threads_only_during_the_call(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``threads`` caps NumPy/SciPy/scikit-learn's BLAS and OpenMP pools for the call, and
+    the process's own settings come back afterwards."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from threadpoolctl import threadpool_info
+
+    import lab.training
+
+    def pools() -> list[tuple[str, int]]:
+        return sorted((p["filepath"], p["num_threads"]) for p in threadpool_info())
+
+    seen: list[set[int]] = []
+
+    class Probe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+        """Records the pools' sizes while it is being fitted."""
+
+        def fit(self, X: np.ndarray, y: np.ndarray) -> Probe:
+            seen.append({n for _, n in pools()})
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return np.full(len(X), self.classes_[0])
+
+    before = pools()
+    threads = 3 if {n for _, n in before} != {3} else 5  # a value the process does not already use
+    monkeypatch.setattr(lab.training, "build_model", lambda model, seed: Probe())
+    train(make_config(f"threads={threads}"))
+    assert seen == [{threads}]
+    assert pools() == before

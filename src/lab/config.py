@@ -154,6 +154,10 @@ class TrainConfig:
     """The composed config of one job: what :func:`lab.training.train` receives."""
 
     seed: int = field(default=42, metadata=_rule(ge=0, le=2**32 - 1))
+    # Threads the job's BLAS and OpenMP pools may use (threadpoolctl). 1, the default, is
+    # faster for small fits, leaves other cores to the tracking publisher and parallel
+    # workers, and gives the same floating-point results on every launcher and machine.
+    threads: int = field(default=1, metadata=_rule(ge=1, le=1024))
     data: DataConfig = MISSING
     model: Any = MISSING  # one of ModelConfig; the `model` group option sets its type
     split: Any = MISSING  # one of SplitConfig

@@ -1,0 +1,123 @@
+"""lab's launcher (lab.launching) must be invisible: its ``run_job`` gives the task, the
+callbacks and the job dir exactly what Hydra's own ``run_job`` gives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
+from hydra.core.utils import run_job as hydra_run_job
+from hydra.experimental.callback import Callback
+from hydra.types import HydraContext, RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lab.config import register_configs
+from lab.launching import copy_without_hydra
+from lab.launching import run_job as lab_run_job
+from lab.train import CONFIG_DIR
+
+register_configs()
+
+JOBS = [
+    ["seed=3", "model.C=0.5"],
+    ["model=svm", "split=kfold"],
+    ["hydra.job.chdir=true", "+hydra.job.env_set.LAB_PROBE=on", "seed=7"],
+    ["hydra.output_subdir=null", "seed=1"],
+]
+
+
+class Recorder(Callback):
+    """What the callbacks see: the job's config and its return."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.seen.append(("start", OmegaConf.to_yaml(config), os.getcwd()))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        self.seen.append(("end", OmegaConf.to_yaml(config), job_return.return_value, job_return.overrides))
+
+
+def _run(runner: Any, overrides: list[str], sweep_dir: Path) -> dict[str, Any]:
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    master = loader.load_configuration("config", overrides=[f"hydra.sweep.dir={sweep_dir}"], run_mode=RunMode.MULTIRUN)
+    HydraConfig.instance().set_config(master)
+    before = HydraConfig.instance().cfg
+    job = loader.load_sweep_config(master, [*overrides, f"hydra.sweep.dir={sweep_dir}"])
+    with open_dict(job):
+        job.hydra.job.id = job.hydra.job.num = 0
+    recorder = Recorder()
+    callbacks = Callbacks()
+    callbacks.callbacks = [recorder]
+    in_task: list[Any] = []
+
+    def task(cfg: DictConfig) -> int:
+        hydra = HydraConfig.get()
+        in_task.append(
+            (
+                OmegaConf.to_yaml(cfg),
+                OmegaConf.get_type(cfg),
+                OmegaConf.is_readonly(cfg),
+                OmegaConf.to_yaml(hydra),
+                os.getcwd(),
+                os.environ.get("LAB_PROBE"),
+            )
+        )
+        return int(cfg.seed)
+
+    ret = runner(
+        task_function=task,
+        config=job,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+        hydra_context=HydraContext(config_loader=loader, callbacks=callbacks),
+        configure_logging=False,
+    )
+    assert HydraConfig.instance().cfg is before  # restored after the job
+    files = {p.relative_to(sweep_dir).as_posix(): p.read_text() for p in sorted(sweep_dir.rglob("*.yaml"))}
+    return {
+        "cfg": OmegaConf.to_yaml(ret.cfg),
+        "cfg_type": OmegaConf.get_type(ret.cfg),
+        "hydra_cfg": OmegaConf.to_yaml(ret.hydra_cfg),
+        "return": (ret.status, ret.return_value, ret.overrides, ret.task_name, ret.working_dir),
+        "in_task": in_task,
+        "callbacks": recorder.seen,
+        "files": files,
+        "cwd_after": os.getcwd(),
+        "job_after": OmegaConf.to_yaml(job),
+    }
+
+
+@pytest.mark.parametrize("overrides", JOBS, ids=[" ".join(j) for j in JOBS])
+def test_lab_run_job_gives_what_hydra_run_job_gives(overrides: list[str], tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    hydra = _run(hydra_run_job, overrides, sweep_dir)
+    for path in sweep_dir.rglob("*.yaml"):
+        path.unlink()
+    lab = _run(lab_run_job, overrides, sweep_dir)
+    assert lab == hydra
+    seeds = [int(o.split("=")[1]) for o in overrides if o.startswith("seed=")]
+    assert hydra["return"][1] == (seeds[0] if seeds else 42)  # the task really ran
+    assert bool(hydra["files"]) == ("hydra.output_subdir=null" not in overrides)
+
+
+def test_copy_without_hydra_equals_a_deep_copy_with_hydra_deleted() -> None:
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    cfg = loader.load_configuration("config", overrides=["model=random_forest"], run_mode=RunMode.RUN)
+    original = OmegaConf.to_yaml(cfg)
+    fast = copy_without_hydra(cfg)
+    assert "hydra" not in fast
+    assert "hydra" in cfg and OmegaConf.to_yaml(cfg) == original  # the source is untouched
+    assert cfg.hydra._get_parent() is cfg
+    assert OmegaConf.get_type(fast) is OmegaConf.get_type(cfg)
+    assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    fast.model.n_estimators = 7  # a real copy: nothing is shared
+    assert cfg.model.n_estimators != 7
