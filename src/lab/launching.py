@@ -14,6 +14,8 @@ nothing else:
 - The job's ``hydra_cfg`` (its ``JobReturn.hydra_cfg`` and ``.hydra/hydra.yaml``) is
   ``HydraConfig``'s copy itself: it is read-only, and Hydra drops it from the singleton
   when the job ends.
+- The ``.hydra/*.yaml`` files are emitted by libyaml (PyYAML's C emitter) with OmegaConf's
+  own representers: the same bytes, at a fifth of the cost (``hydra.yaml`` took ~6 ms).
 
 Everything else (callbacks, logging, ``.hydra/`` files, ``chdir``, ``env_set``, the job's
 return) is as Hydra does it; a test compares both launchers' results field by field.
@@ -27,7 +29,9 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from hydra import version
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.hydra_config import HydraConfig
@@ -37,7 +41,6 @@ from hydra.core.utils import (
     JobStatus,
     _check_hydra_context,
     _flush_loggers,
-    _save_config,
     configure_log,
     env_override,
     filter_overrides,
@@ -45,10 +48,37 @@ from hydra.core.utils import (
 )
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf._utils import OmegaConfDumper
 
 __all__ = ["LabLauncher", "run_job"]
 
 log = logging.getLogger(__name__)
+
+
+class _CDumper(yaml.CDumper):
+    """OmegaConf's YAML dumper (``OmegaConf.to_yaml``) on libyaml's emitter."""
+
+
+_CDumper.add_representer(str, OmegaConfDumper.str_representer)  # type: ignore[arg-type]
+
+
+def to_yaml(cfg: Any) -> str:
+    """``OmegaConf.to_yaml(cfg)``, the same text, emitted by libyaml.
+
+    The two emitters differ only in what they escape: libyaml escapes characters beyond
+    U+FFFF and NEL (``\\U0001F642``, ``\\N``) where PyYAML writes them as they are. Any
+    backslash in libyaml's text therefore sends the config to ``OmegaConf.to_yaml``.
+    """
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    text = str(yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_CDumper))
+    return OmegaConf.to_yaml(cfg) if "\\" in text else text
+
+
+def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+    """Hydra's ``_save_config``, with :func:`to_yaml`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(str(output_dir / filename), "w", encoding="utf-8") as file:
+        file.write(to_yaml(cfg))
 
 
 def copy_without_hydra(config: DictConfig) -> DictConfig:
