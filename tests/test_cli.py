@@ -4,6 +4,7 @@ outputs dir and at the store through MlflowClient."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,30 @@ def test_tracking_none_writes_outputs_but_no_store(cli: Cli) -> None:
     assert (cli.cwd / "outputs" / "run" / "metrics.json").exists()
     assert not (cli.cwd / "mlflow.db").exists()
     assert not (cli.cwd / "mlruns").exists()
+
+
+def _publishers_in(cwd: Path) -> list[int]:
+    """Background publisher processes (``python -m lab.publishing``) working in ``cwd``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"lab.publishing" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == cwd.resolve():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("args", [["tracking=none"], ["model.C=-1"], ["--multirun", "seed=1,2", "tracking=none"]])
+def test_the_early_publisher_leaves_nothing_when_not_needed(cli: Cli, args: list[str]) -> None:
+    """lab.train starts the publisher before knowing the config; after an untracked or a
+    rejected launch no publisher process is left and no store was created."""
+    cli.run(*args)
+    deadline = time.monotonic() + 2
+    while _publishers_in(cli.cwd) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _publishers_in(cli.cwd) == []
+    assert not (cli.cwd / "mlflow.db").exists()
 
 
 def test_default_run_dirs_never_collide(cli: Cli) -> None:

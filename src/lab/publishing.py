@@ -6,18 +6,24 @@ a run is found again by its ``lab.job_uid`` tag, so publishing a record twice ne
 a duplicate. The sweep's parent run is created lazily, when its first job is published,
 so a sweep rejected by validation leaves nothing in the store.
 
-``python -m lab.publishing QUEUE_DIR`` is the background publisher a launch starts: it
-imports MLflow and opens the store while the first job runs, then drains the queue that
-the jobs fill (see :mod:`lab.records`) until its stdin closes.
+``python -m lab.publishing`` is the background publisher of a launch. ``python -m
+lab.train`` starts it first thing (:func:`start_early`), so that importing MLflow (~1.5 s)
+overlaps the launcher's own imports and composition; the tracking callback then claims it
+(:func:`take`) and tells it on stdin where the queue is (:func:`assign`). It opens the
+store while the first job runs, then drains the queue that the jobs fill (see
+:mod:`lab.records`) until its stdin closes. A publisher nobody claims (tracking off, bad
+input) sees its stdin close and exits having touched nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import select
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -128,6 +134,7 @@ class Publisher:
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}  # sweep uid -> parent run id
         self._runs: dict[str, str] = {}  # job uid -> run id, for runs made by this publisher
+        self._sent_tags: dict[str, dict[str, str]] = {}  # job uid -> the tags its run was created with
         self._finished: set[str] = set()  # job uids whose final record this publisher wrote
         self._repos: dict[str, Any] = {}  # run id -> its artifact repository
 
@@ -170,9 +177,7 @@ class Publisher:
     def finish_parent(self, sweep: JobRecord) -> str:
         """Attach the sweep's summary to its parent run and end it with the sweep's status."""
         run_id = self.parent_run(sweep)
-        self._log_batch(run_id, {}, sweep.metrics, time_ms=sweep.end_time or _now_ms())
-        if sweep.tags:
-            self.client.log_batch(run_id, tags=_tags(sweep.tags))
+        self._log_batch(run_id, {}, sweep.metrics, time_ms=sweep.end_time or _now_ms(), tags=sweep.tags)
         self._log_artifacts(run_id, sweep)
         self.client.set_terminated(run_id, status=sweep.status, end_time=sweep.end_time)
         write_json(Path(sweep.job_dir) / SYNCED_FILE, self._synced(run_id, sweep))
@@ -201,19 +206,21 @@ class Publisher:
             run = self.client.create_run(exp, start_time=record.start_time, tags=tags, run_name=record.run_name)
             run_id = run.info.run_id
             self._runs[record.uid] = run_id
+            self._sent_tags[record.uid] = tags
             self._remember_repo(run_id, run.info.artifact_uri)
-            fresh = True
-        else:
-            fresh = False
         if not record.finished:
             return run_id
-        existing_params: dict[str, str] = {}
-        if not fresh:
+        # What the run already holds: nothing but its creation tags if this publisher made
+        # it (a job's start event), else ask the store (a retry, or `lab.runs sync`).
+        if record.uid in self._sent_tags:
+            existing_params: dict[str, str] = {}
+            existing_tags = self._sent_tags.pop(record.uid)
+        else:
             data = self.client.get_run(run_id).data
-            existing_params = data.params
-            self.client.log_batch(run_id, tags=_tags({k: v for k, v in tags.items() if data.tags.get(k) != v}))
+            existing_params, existing_tags = data.params, data.tags
         params = {k: v for k, v in record.params.items() if k not in existing_params}
-        self._log_batch(run_id, params, record.metrics, time_ms=record.end_time or _now_ms())
+        new_tags = {k: v for k, v in tags.items() if existing_tags.get(k) != v}
+        self._log_batch(run_id, params, record.metrics, time_ms=record.end_time or _now_ms(), tags=new_tags)
         self._log_artifacts(run_id, record)
         self.client.set_terminated(run_id, status=record.status, end_time=record.end_time)
         write_json(Path(record.job_dir) / SYNCED_FILE, self._synced(run_id, record))
@@ -228,13 +235,24 @@ class Publisher:
             "status": record.status,
         }
 
-    def _log_batch(self, run_id: str, params: dict[str, str], metrics: dict[str, float], time_ms: int) -> None:
+    def _log_batch(
+        self,
+        run_id: str,
+        params: dict[str, str],
+        metrics: dict[str, float],
+        time_ms: int,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """As few ``log_batch`` calls as MLflow's limits allow (one for a lab job)."""
         from mlflow.entities import Metric, Param
 
         plist = [Param(k, v[:PARAM_VALUE_MAX]) for k, v in params.items()]
         mlist = [Metric(k, float(v), time_ms, 0) for k, v in metrics.items()]
-        for i in range(0, max(len(plist), len(mlist)), PARAM_BATCH):
-            self.client.log_batch(run_id, params=plist[i : i + PARAM_BATCH], metrics=mlist[i : i + PARAM_BATCH])
+        tlist = _tags(tags or {})
+        for i in range(0, max(len(plist), len(mlist), len(tlist), 1), PARAM_BATCH):
+            batch = (plist[i : i + PARAM_BATCH], mlist[i : i + PARAM_BATCH], tlist[i : i + PARAM_BATCH])
+            if any(batch):
+                self.client.log_batch(run_id, params=batch[0], metrics=batch[1], tags=batch[2])
 
     def _remember_repo(self, run_id: str, artifact_uri: str) -> None:
         """Keep the artifact repository of a run this publisher created: MLflow's client
@@ -484,14 +502,91 @@ def quiet_mlflow_logging() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
+# --- starting and instructing the background publisher (launching process side) ---------
+
+_early: subprocess.Popen[bytes] | None = None  # started by lab.train, not yet claimed
+
+
+def spawn() -> subprocess.Popen[bytes]:
+    """A new background publisher. It gets its own session, so a Ctrl-C reaches only the
+    launcher, which decides what the interrupted jobs became and then lets it drain."""
+    return subprocess.Popen([sys.executable, "-m", "lab.publishing"], stdin=subprocess.PIPE, start_new_session=True)
+
+
+def start_early() -> None:
+    """Start the publisher before the launcher's own imports (``python -m lab.train`` only)."""
+    global _early
+    _early = spawn()
+
+
+def take() -> subprocess.Popen[bytes]:
+    """The publisher started early if it is still alive, else a new one."""
+    global _early
+    proc, _early = _early, None
+    return proc if proc is not None and proc.poll() is None else spawn()
+
+
+def release() -> None:
+    """Stop an unclaimed early publisher (tracking is off, or the input was rejected): it
+    has only been importing, so nothing is lost."""
+    global _early
+    if _early is not None:
+        with contextlib.suppress(OSError):
+            _early.terminate()
+            if _early.stdin is not None:
+                _early.stdin.close()
+    _early = None
+
+
+def assign(
+    proc: subprocess.Popen[bytes], queue_dir: Path, uri: str, open_store: bool, preload_model: bool
+) -> subprocess.Popen[bytes]:
+    """Tell ``proc`` what to publish (one JSON line on its stdin); returns the publisher that
+    took it (a new one if ``proc`` had died)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}  # HTTP time-outs, credentials
+    task = {
+        "queue_dir": str(queue_dir),
+        "uri": uri,
+        "open_store": open_store,
+        "preload_model": preload_model,
+        "env": env,
+    }
+    line = json.dumps(task).encode() + b"\n"
+    for attempt in (proc, None):
+        current = attempt or spawn()
+        assert current.stdin is not None
+        try:
+            current.stdin.write(line)
+            current.stdin.flush()
+            return current
+        except BrokenPipeError:
+            continue
+    raise RuntimeError("could not start the background publisher")
+
+
+def _read_task() -> dict[str, Any] | None:
+    """The first line of stdin (unbuffered: :func:`serve` then watches the same fd), or None at EOF."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(sys.stdin.fileno(), 1)
+        if not chunk:
+            return None
+        data += chunk
+    task: dict[str, Any] = json.loads(data)
+    return task
+
+
 def main() -> None:
-    queue_dir = Path(sys.argv[1])
-    flags = sys.argv[2:]
-    sys.exit(
-        serve(
-            queue_dir, resolve_uri(None), open_store="--open-store" in flags, preload_model="--preload-model" in flags
-        )
-    )
+    # At once, while the launcher is still importing and composing: MLflow, then what
+    # logging a model needs (the default), before the store can be opened.
+    import mlflow.sklearn  # noqa: F401
+    import sklearn.pipeline  # noqa: F401 - what unpickling any lab model imports first
+
+    task = _read_task()
+    if task is None:
+        sys.exit(0)  # not needed: tracking is off, or the input was rejected
+    os.environ.update(task["env"])
+    sys.exit(serve(Path(task["queue_dir"]), task["uri"], task["open_store"], task["preload_model"]))
 
 
 if __name__ == "__main__":

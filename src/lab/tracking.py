@@ -2,8 +2,8 @@
 
 Each job writes its MLflow record to its own outputs dir (:mod:`lab.records`) at start and
 at end; :mod:`lab.publishing` turns records into runs, either in one background process
-per launch (the default: it imports MLflow while the first job runs, and is the only
-sqlite writer), or inside each job (``tracking.background=false``, for jobs on other
+per launch (the default: started by ``lab.train`` before its own imports, it imports
+MLflow meanwhile, and is the only sqlite writer), or inside each job (``tracking.background=false``, for jobs on other
 hosts). Whatever happens, every started job ends FINISHED, FAILED or KILLED.
 
 Process model under Hydra 1.3: ``on_run_start``/``on_multirun_*`` run in the launching
@@ -158,20 +158,23 @@ class TrackingCallback(Callback):
             sweep_dir=sweep_dir,
         )
         atexit.register(self._at_exit)
+        if not (tracking.enabled and tracking.background):
+            from lab import publishing
+
+            publishing.release()  # the one lab.train started early is not needed
         if not tracking.enabled:
             return
         configure_client_env(tracking.timeout_s)
         self.launch.client_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
         if tracking.background:
-            # The publisher gets its own session so a Ctrl-C reaches only us: we decide
-            # what the interrupted jobs become, then let it drain the queue.
-            self._publisher_proc = subprocess.Popen(
-                [sys.executable, "-m", "lab.publishing", str(self._queue_dir(config))]
-                + ([] if sweep_dir else ["--open-store"])
-                + (["--preload-model"] if tracking.log_model else []),
-                stdin=subprocess.PIPE,
-                env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                start_new_session=True,
+            from lab import publishing
+
+            self._publisher_proc = publishing.assign(
+                publishing.take(),
+                self._queue_dir(config),
+                uri,
+                open_store=sweep_dir is None,  # a sweep's jobs are validated later: no store before that
+                preload_model=bool(tracking.log_model),
             )
 
     def _queue_dir(self, config: DictConfig) -> Path:

@@ -7,6 +7,13 @@ Tracking happens in Hydra callbacks (:mod:`lab.tracking`), around this function.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m lab.train`: start the tracking publisher before anything heavy is imported,
+    # so that its own import of MLflow runs on another core meanwhile (lab.publishing).
+    from lab import publishing
+
+    publishing.start_early()
+
 import logging
 import os
 import sys
@@ -65,6 +72,10 @@ def main() -> None:
             sys.exit(2)
         print(f"lab: job failed: {outputs.summarize(exc)}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        from lab import publishing
+
+        publishing.release()  # unclaimed (tracking off, bad input): it exits on its own
 
 
 if __name__ == "__main__":
