@@ -223,6 +223,31 @@ def parallel(jobs: int, *extra: str) -> Row:
     )
 
 
+def parallel_ceiling(jobs: int) -> Row:
+    """What this machine allows: the same random-forest fits in plain scripts, one script
+    doing all of them against two scripts doing half each at the same time."""
+    work = fresh_dir()
+    half = [sys.executable, str(PLAIN), str(jobs // 2), "random_forest"]
+    try:
+        one = run([sys.executable, str(PLAIN), str(jobs), "random_forest"], work)
+        started = time.perf_counter()
+        procs = [subprocess.Popen(half, cwd=work, env=bench_env()) for _ in range(2)]
+        codes = [p.wait() for p in procs]
+        two = time.perf_counter() - started
+        assert codes == [0, 0], codes
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    speedup = one.seconds / two
+    return Row(
+        "3c. this machine's ceiling for 3 (no lab)",
+        "reference",
+        f"{speedup:.2f}×",
+        True,
+        f"plain script: {jobs} forests in one process {one.seconds:.1f} s, "
+        f"split over two processes running at once {two:.1f} s",
+    )
+
+
 def model_logging(n: int) -> Row:
     code = f"""
 import json, os, statistics, sys, tempfile, time, joblib
@@ -301,6 +326,7 @@ def main() -> None:
     rows += list(single_run(repeats + 2, store_dir / "mlflow.db"))
     rows.append(parallel(8 if args.quick else 24))
     rows.append(parallel(8 if args.quick else 24, "tracking=none"))
+    rows.append(parallel_ceiling(8 if args.quick else 12))
     rows.append(model_logging(10 if args.quick else 30))
     shutil.rmtree(store_dir, ignore_errors=True)
 

@@ -107,9 +107,10 @@ def _comparable_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k not in varying}
 
 
-def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli: Cli) -> None:
+@pytest.mark.parametrize("launcher", ["lab", "joblib"])  # joblib's workers compose from the cache they are sent
+def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli: Cli, launcher: str) -> None:
     sweep = ["seed=1,2", "model=logreg,svm", "model.C=0.5,2"]
-    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/fast").code == 0
+    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/fast", f"hydra/launcher={launcher}").code == 0
     plain_hydra = ["hydra.sweeper.compose_cache=false", "hydra/launcher=basic"]  # Hydra's composition and run_job
     assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/plain", *plain_hydra).code == 0
     fast, plain = cli.cwd / "outputs" / "fast", cli.cwd / "outputs" / "plain"
@@ -123,6 +124,8 @@ def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli:
             h["runtime"].pop("output_dir")
             h["sweeper"].pop("compose_cache")
             h.pop("launcher")
+            if launcher == "joblib":
+                h["job"].pop("id")  # joblib's launcher names jobs train_<n>, the basic one <n>
             h["runtime"]["choices"].pop("hydra/launcher")
             h["overrides"]["hydra"] = [o for o in h["overrides"]["hydra"] if "sweep" not in o and "launcher" not in o]
         assert h_fast == h_plain

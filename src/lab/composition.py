@@ -118,10 +118,15 @@ class CachingConfigLoader(ConfigLoader):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def __reduce__(self) -> tuple[Any, tuple[ConfigLoader]]:
-        # Launchers pickle the loader to every worker with each job; the cache stays here.
-        return (_unwrap, (self.inner,))
+    def __reduce__(self) -> tuple[Any, tuple[ConfigLoader, dict[Any, bytes]]]:
+        # Launchers such as joblib's pickle the loader to a worker with each job, which then
+        # composes the job there: the cache travels along (a few kB of pickled configs per
+        # config structure, filled when the sweeper validated every job), so workers
+        # compose from it too. The parser is rebuilt; counters start again.
+        return (_rebuild, (self.inner, self._cache))
 
 
-def _unwrap(loader: ConfigLoader) -> ConfigLoader:
+def _rebuild(inner: ConfigLoader, cache: dict[Any, bytes]) -> CachingConfigLoader:
+    loader = CachingConfigLoader(inner)
+    loader._cache = cache
     return loader
