@@ -3,8 +3,9 @@
 Each job writes its MLflow record to its own outputs dir (:mod:`lab.records`) at start and
 at end; :mod:`lab.publishing` turns records into runs, either in one background process
 per launch (the default: started by ``lab.train`` before its own imports, it imports
-MLflow meanwhile, and is the only sqlite writer), or inside each job (``tracking.background=false``, for jobs on other
-hosts). Whatever happens, every started job ends FINISHED, FAILED or KILLED.
+MLflow meanwhile, and is the only sqlite writer), or inside each job
+(``tracking.background=false``, for jobs on other hosts). Whatever happens, every
+started job ends FINISHED, FAILED or KILLED.
 
 Process model under Hydra 1.3: ``on_run_start``/``on_multirun_*`` run in the launching
 process; ``on_job_*`` run wherever the job runs (a loky or Ray worker), on a pickled copy
@@ -174,7 +175,7 @@ class TrackingCallback(Callback):
                 self._queue_dir(config),
                 uri,
                 open_store=sweep_dir is None,  # a sweep's jobs are validated later: no store before that
-                preload_model=bool(tracking.log_model),
+                env=self.launch.client_env,
             )
 
     def _queue_dir(self, config: DictConfig) -> Path:

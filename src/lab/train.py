@@ -75,7 +75,7 @@ def main() -> None:
     finally:
         from lab import publishing
 
-        publishing.release()  # unclaimed (tracking off, bad input): it exits on its own
+        publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
 
 
 if __name__ == "__main__":
