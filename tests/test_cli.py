@@ -4,6 +4,7 @@ outputs dir and at the store through MlflowClient."""
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def test_single_run_writes_outputs_and_one_complete_mlflow_run(cli: Cli) -> None
         ".hydra/hydra.yaml",
         ".hydra/overrides.yaml",
         "metrics.json",
-        "model.joblib",
+        "model.pkl",
         "train.log",
         "tracking.json",
         "tracking.synced.json",
@@ -68,12 +69,11 @@ def test_single_run_writes_outputs_and_one_complete_mlflow_run(cli: Cli) -> None
     assert hydra_files == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
     mlflow.set_tracking_uri(cli.uri)
     model = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/model")
-    import joblib
-
     from lab.training import load_dataset
 
     X, _ = load_dataset("iris")
-    assert (model.predict(X) == joblib.load(run_dir / "model.joblib").predict(X)).all()
+    local = pickle.loads((run_dir / "model.pkl").read_bytes())
+    assert (model.predict(X) == local.predict(X)).all()
 
 
 def test_same_config_twice_gives_same_fingerprint_and_metrics(cli: Cli) -> None:

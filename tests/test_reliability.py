@@ -175,7 +175,7 @@ def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(cli: C
     assert "Connection refused" in res.stderr and "python -m lab.runs sync" in res.stderr
     sweep = cli.cwd / "outputs" / "sweep"
     for job in ("0", "1"):
-        assert (sweep / job / "metrics.json").exists() and (sweep / job / "model.joblib").exists()
+        assert (sweep / job / "metrics.json").exists() and (sweep / job / "model.pkl").exists()
         assert "tracking failed" in (sweep / job / "tracking.error.txt").read_text()
     pending = cli.run("pending", "outputs", module="lab.runs")
     assert pending.stdout.count("FINISHED") == 3  # two jobs and the sweep

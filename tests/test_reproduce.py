@@ -56,7 +56,7 @@ def assert_complete_reproduction(cli: Cli, original: Run) -> Run:
     assert "metrics.json" in {a.path for a in client.list_artifacts(reproduction.info.run_id)}
     job_dir = Path(tags["lab.output_dir"])
     assert job_dir.parent.parent == cli.cwd / "outputs" / "reproductions"
-    for name in (".hydra/config.yaml", "metrics.json", "model.joblib", "tracking.json", "tracking.synced.json"):
+    for name in (".hydra/config.yaml", "metrics.json", "model.pkl", "tracking.json", "tracking.synced.json"):
         assert (job_dir / name).exists(), name
     assert json.loads((job_dir / "metrics.json").read_text())["metrics"] == quality(original)
     return reproduction

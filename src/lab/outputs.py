@@ -6,7 +6,7 @@
       .hydra/{config,hydra,overrides}.yaml   written by Hydra
       train.log                              the job log (Hydra's job logging)
       metrics.json                           metrics and timings of a finished job
-      model.joblib                           the fitted estimator
+      model.pkl                              the fitted estimator (pickle; also the MLflow model's data)
       traceback.txt                          only when the job raised
       tracking.json, tracking.synced.json    the MLflow record and its receipt (lab.records)
 """
@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import traceback
 from pathlib import Path
 from typing import Any
 
-import joblib
 from omegaconf import OmegaConf
 
 from lab.training import TrainResult
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.json"
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.pkl"
 TRACEBACK_FILE = "traceback.txt"
 
 
@@ -44,7 +44,10 @@ def write_result(result: TrainResult, job_dir: Path) -> None:
     (job_dir / METRICS_FILE).write_text(
         json.dumps({"metrics": result.metrics, "timing": result.timing}, indent=2, sort_keys=True) + "\n"
     )
-    joblib.dump(result.model, job_dir / MODEL_FILE)
+    # Plain pickle, as MLflow's sklearn flavour stores it with serialization_format="pickle":
+    # the publisher logs these bytes as they are, without loading scikit-learn to re-pickle.
+    with open(job_dir / MODEL_FILE, "wb") as f:
+        pickle.dump(result.model, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def write_failure(exc: BaseException, job_dir: Path) -> str:
