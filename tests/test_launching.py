@@ -13,14 +13,15 @@ from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, setup_globals
 from hydra.core.utils import run_job as hydra_run_job
 from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import ReadonlyConfigError
 
 from lab.config import register_configs
-from lab.launching import copy_without_hydra
+from lab.launching import copy_without_hydra, masked_hydra_copy
 from lab.launching import run_job as lab_run_job
 from lab.train import CONFIG_DIR
 
@@ -122,6 +123,45 @@ def test_copy_without_hydra_equals_a_deep_copy_with_hydra_deleted() -> None:
     assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     fast.model.n_estimators = 7  # a real copy: nothing is shared
     assert cfg.model.n_estimators != 7
+
+
+def _same_tree(a: Any, b: Any, parent_a: Any, parent_b: Any) -> None:
+    """Two OmegaConf trees alike node by node: type, metadata, value, and parent links."""
+    assert type(a) is type(b)
+    assert a._get_parent() is parent_a and b._get_parent() is parent_b
+    meta_a, meta_b = vars(a._metadata).copy(), vars(b._metadata).copy()
+    assert meta_a == meta_b
+    if isinstance(a, (DictConfig, ListConfig)):
+        assert a._is_none() == b._is_none() and a._is_missing() == b._is_missing()
+        if not (a._is_none() or a._is_missing()):
+            keys: list[Any] = list(a.keys()) if isinstance(a, DictConfig) else list(range(len(a)))
+            assert keys == (list(b.keys()) if isinstance(b, DictConfig) else list(range(len(b))))
+            pairs: list[Any] = [(a._get_node(k), b._get_node(k)) for k in keys]
+            for node_a, node_b in pairs:
+                _same_tree(node_a, node_b, a, b)
+    else:
+        assert a._value() == b._value()
+
+
+@pytest.mark.parametrize("overrides", [*JOBS, ["hydra.verbose=[lab,hydra]", "+hydra.job.env_set.X=1"]])
+def test_masked_hydra_copy_equals_omegaconfs_masked_copy(overrides: list[str]) -> None:
+    setup_globals()  # the ${now:...} resolver
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    master = loader.load_configuration("config", overrides=[], run_mode=RunMode.MULTIRUN)
+    cfg = loader.load_sweep_config(master, overrides)
+    with open_dict(cfg):
+        cfg.hydra.job.id = cfg.hydra.job.num = 0
+        cfg.hydra.runtime.output_dir = "/tmp/job"
+    OmegaConf.set_readonly(cfg.hydra, True)  # as set_config does before copying
+    reference, fast = OmegaConf.masked_copy(cfg, "hydra"), masked_hydra_copy(cfg)
+    _same_tree(fast, reference, None, None)
+    assert cfg.hydra._get_parent() is cfg  # the source is untouched
+    assert fast.hydra is not cfg.hydra
+    for copy in (reference, fast):  # as set_config does after: interpolations reach the job config
+        copy.hydra._set_parent(cfg)
+    assert OmegaConf.to_container(fast.hydra, resolve=True) == OmegaConf.to_container(reference.hydra, resolve=True)
+    with pytest.raises(ReadonlyConfigError):
+        fast.hydra.job.name = "changed"
 
 
 TRICKY = {
