@@ -14,7 +14,6 @@ if __name__ == "__main__":
 
     publishing.start_early()
 
-import gc
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ from omegaconf import DictConfig
 
 from lab import outputs
 from lab.config import register_configs
+from lab.launching import freeze_imports
 from lab.training import train
 from lab.validation import UsageError, check_job, describe
 
@@ -39,6 +39,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def run_job(cfg: DictConfig) -> float:
     """One job: validate, train, write outputs. Returns accuracy, the default search objective."""
+    freeze_imports()  # in a launcher's worker process (joblib, Ray, submitit): once, at its first job
     config = check_job(cfg)
     log.info(
         "training %s on %s, %s split, seed %d", config.model.name, config.data.name, config.split.name, config.seed
@@ -59,9 +60,7 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     # conf/hydra/launcher/ray.yaml replaces the plugin's `ray` option on purpose (see there).
     warnings.filterwarnings("ignore", message="\n'hydra/launcher/ray' is validated against ConfigStore schema")
-    # Everything imported so far lives as long as the process: keep it out of the garbage
-    # collector's full passes (each job's, and the ~0.3 s ones at interpreter exit).
-    gc.freeze()
+    freeze_imports()
     try:
         run_job()
     except UsageError as exc:
