@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import mlflow
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from lab.outputs import MODEL_FILE, write_result
 from lab.publishing import locked_requirements, write_model_dir
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
@@ -25,9 +25,10 @@ def test_model_dir_is_what_save_model_writes(
     make_config: MakeConfig, tmp_path: Path, overrides: tuple[str, ...]
 ) -> None:
     config = make_config(*overrides)
-    model = train(config).model
-    pickled = tmp_path / "model.pkl"
-    pickled.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    result = train(config)
+    model = result.model
+    write_result(result, tmp_path)  # the job's model.pkl
+    pickled = tmp_path / MODEL_FILE
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     write_model_dir(pickled, ours)
