@@ -29,6 +29,7 @@ def test_model_dir_is_what_save_model_writes(
     model = result.model
     write_result(result, tmp_path)  # the job's model.pkl
     pickled = tmp_path / MODEL_FILE
+    assert {p.name for p in tmp_path.iterdir()} == {MODEL_FILE, "metrics.json"}  # nothing partial left
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     write_model_dir(pickled, ours)

@@ -40,14 +40,18 @@ TRACEBACK_FILE = "traceback.txt"
 
 
 def write_result(result: TrainResult, job_dir: Path) -> None:
-    """Write the metrics and the fitted model of a finished job."""
+    """Write the fitted model, then the metrics of a finished job (``metrics.json`` marks it
+    finished: :func:`job_status`)."""
+    # Plain pickle, the format of MLflow's sklearn flavour with serialization_format="pickle":
+    # the publisher logs these bytes as they are, without loading them, so they are written
+    # to a temporary name and renamed: a job killed mid-write leaves no truncated model.
+    partial = job_dir / f".{MODEL_FILE}.partial"
+    with open(partial, "wb") as f:
+        pickle.dump(result.model, f, protocol=pickle.HIGHEST_PROTOCOL)
+    partial.replace(job_dir / MODEL_FILE)
     (job_dir / METRICS_FILE).write_text(
         json.dumps({"metrics": result.metrics, "timing": result.timing}, indent=2, sort_keys=True) + "\n"
     )
-    # Plain pickle, as MLflow's sklearn flavour stores it with serialization_format="pickle":
-    # the publisher logs these bytes as they are, without loading scikit-learn to re-pickle.
-    with open(job_dir / MODEL_FILE, "wb") as f:
-        pickle.dump(result.model, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def write_failure(exc: BaseException, job_dir: Path) -> str:

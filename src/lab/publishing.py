@@ -287,22 +287,23 @@ class Publisher:
     def _log_model(self, run_id: str, path: Path) -> None:
         """Log the job's pickled estimator as an MLflow sklearn model (``runs:/<id>/model``).
 
-        The job wrote ``model.pkl`` exactly as MLflow's sklearn flavour stores a model with
+        The job wrote ``model.pkl`` in the format of MLflow's sklearn flavour with
         ``serialization_format="pickle"``, so the publisher only adds the metadata around
         those bytes (:func:`write_model_dir`) and logs the directory: no scikit-learn import,
         no unpickling and re-pickling (15 MB for a 300-tree forest), no pip inference in a
         subprocess (~3 s a model), and no LoggedModel entity with its extra round trips.
         """
-        tmp = path.parent / f".mlflow-model.{os.getpid()}"
+        import tempfile
+
         try:
-            write_model_dir(path, tmp)
-            self._log_artifact(run_id, str(tmp), "model", directory=True)
+            # next to the pickle, so that it can be hard-linked rather than copied
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".mlflow-model-") as tmp:
+                write_model_dir(path, Path(tmp) / "model")
+                self._log_artifact(run_id, f"{tmp}/model", "model", directory=True)
         except Exception as exc:  # noqa: BLE001 - the run keeps its metrics; say why the model is missing
             reason = f"{type(exc).__name__}: {exc}"[:5000]
             self.client.set_tag(run_id, "lab.model_error", reason)
             print(f"lab: could not log the model of run {run_id}: {reason[:300]}", file=sys.stderr)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @functools.cache
