@@ -18,9 +18,9 @@ setup:
 train *ARGS:
     {{uv}} python -m lab.train {{ARGS}}
 
-# a seed × C grid on the joblib launcher, one worker per CPU (at most 4); extra overrides pass through
+# a seed × C grid on worker processes forked from the launcher, one per CPU (at most 4); extra overrides pass through
 sweep *ARGS:
-    {{uv}} python -m lab.train --multirun seed=1,2,3 model.C=0.01,0.1,1,10 hydra/launcher=joblib hydra.launcher.n_jobs={{jobs}} {{ARGS}}
+    {{uv}} python -m lab.train --multirun seed=1,2,3 model.C=0.01,0.1,1,10 hydra.launcher.n_jobs={{jobs}} {{ARGS}}
 
 # fast tests (skips slow and browser tests)
 test *ARGS:

@@ -48,6 +48,8 @@ CASES = [
     (["--multirun", "model.C=1,2,-1"], "model.C=-1.0: a number > 0 (in sweep job: model.C=-1)"),
     (["--multirun", "model=logreg,foo"], "model=foo: unknown option"),
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
+    (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
+    (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
 ]
 
 

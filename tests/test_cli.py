@@ -152,10 +152,12 @@ def test_single_run_failure_is_recorded_and_reported(cli: Cli) -> None:
     assert (cli.cwd / "outputs" / "run" / "traceback.txt").exists()
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_basic_and_joblib_sweeps_give_identical_metrics(cli: Cli, launcher: str, tmp_path_factory: Any) -> None:
-    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    res = cli.sweep("seed=1,2,3", "model=svm", "tracking=none", *extra)
+PARALLEL = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "forked": ["hydra.launcher.n_jobs=2"]}
+
+
+@pytest.mark.parametrize("launcher", ["basic", *PARALLEL])
+def test_sequential_and_parallel_sweeps_give_identical_metrics(cli: Cli, launcher: str, tmp_path_factory: Any) -> None:
+    res = cli.sweep("seed=1,2,3", "model=svm", "tracking=none", *PARALLEL.get(launcher, []))
     assert res.code == 0, res.stderr
     metrics = {
         n: json.loads((cli.cwd / "outputs" / "sweep" / str(n) / "metrics.json").read_text())["metrics"]
@@ -169,8 +171,13 @@ def test_basic_and_joblib_sweeps_give_identical_metrics(cli: Cli, launcher: str,
         store.write_text(json.dumps(metrics))
 
 
-def test_joblib_sweep_tracks_every_job(cli: Cli) -> None:
-    res = cli.sweep("seed=1,2,3,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+@pytest.mark.parametrize("launcher", list(PARALLEL))
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_parallel_sweep_tracks_every_job(cli: Cli, launcher: str, background: str) -> None:
+    """Jobs on worker processes, published by the background publisher or by each job itself
+    (which forked workers do with a copy of the launcher's MLflow store, once it made the
+    parent run)."""
+    res = cli.sweep("seed=1,2,3,4", f"tracking.background={background}", *PARALLEL[launcher])
     assert res.code == 0, res.stderr
     all_runs = runs(cli)
     [parent] = by_kind(all_runs, "sweep")

@@ -107,10 +107,14 @@ def _comparable_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k not in varying}
 
 
-@pytest.mark.parametrize("launcher", ["lab", "joblib"])  # joblib's workers compose from the cache they are sent
+# joblib's workers compose from the cache they are sent; forked workers from the one they inherit
+LAUNCHERS = {"lab": ["hydra/launcher=lab"], "forked": ["hydra.launcher.n_jobs=2"], "joblib": ["hydra/launcher=joblib"]}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_fast_path_and_plain_hydra_give_the_same_outputs_and_mlflow_content(cli: Cli, launcher: str) -> None:
     sweep = ["seed=1,2", "model=logreg,svm", "model.C=0.5,2"]
-    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/fast", f"hydra/launcher={launcher}").code == 0
+    assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/fast", *LAUNCHERS[launcher]).code == 0
     plain_hydra = ["hydra.sweeper.compose_cache=false", "hydra/launcher=basic"]  # Hydra's composition and run_job
     assert cli.run("--multirun", *sweep, "hydra.sweep.dir=outputs/plain", *plain_hydra).code == 0
     fast, plain = cli.cwd / "outputs" / "fast", cli.cwd / "outputs" / "plain"

@@ -13,7 +13,7 @@ from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, setup_globals
 from hydra.core.utils import run_job as hydra_run_job
 from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ReadonlyConfigError
 
 from lab.config import register_configs
-from lab.launching import copy_without_hydra, masked_hydra_copy
+from lab.launching import LabLauncher, copy_without_hydra, masked_hydra_copy
 from lab.launching import run_job as lab_run_job
 from lab.train import CONFIG_DIR
 
@@ -194,3 +194,36 @@ def test_to_yaml_gives_omegaconfs_exact_text() -> None:
     full = loader.load_configuration("config", overrides=["model=svm"], run_mode=RunMode.MULTIRUN)
     assert to_yaml(full) == OmegaConf.to_yaml(full)
     assert to_yaml(full.hydra.overrides.task) == OmegaConf.to_yaml(full.hydra.overrides.task)
+
+
+def test_forked_workers_return_every_job_in_order(tmp_path: Path) -> None:
+    """``n_jobs=2``: the jobs run in forked processes and come back in job order, a failed
+    job with its exception, even one that cannot be pickled back."""
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    master = loader.load_configuration("config", overrides=[f"hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+    HydraConfig.instance().set_config(master)
+
+    class LocalError(Exception):  # a local class: pickle cannot send it back
+        pass
+
+    def task(cfg: DictConfig) -> tuple[int, int]:
+        if cfg.seed == 2:
+            raise LocalError("no seed 2")
+        return int(cfg.seed), os.getpid()
+
+    launcher = LabLauncher(n_jobs=2)
+    launcher.setup(
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()), task_function=task, config=master
+    )
+    runs = launcher.launch([[f"seed={s}"] for s in (1, 2, 3, 4, 5)], initial_job_idx=10)
+
+    assert [r.hydra_cfg.hydra.job.num if r.hydra_cfg else None for r in runs] == [10, 11, 12, 13, 14]
+    assert [r.overrides for r in runs] == [[f"seed={s}"] for s in (1, 2, 3, 4, 5)]
+    assert [r.status for r in runs] == [JobStatus.COMPLETED, JobStatus.FAILED, *[JobStatus.COMPLETED] * 3]
+    assert isinstance(runs[1]._return_value, RuntimeError)
+    assert str(runs[1]._return_value).startswith("LocalError: no seed 2")
+    done = [r.return_value for r in runs if r.status == JobStatus.COMPLETED]
+    assert [seed for seed, _ in done] == [1, 3, 4, 5]
+    pids = {pid for _, pid in done}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert all((tmp_path / str(n) / ".hydra" / "config.yaml").exists() for n in range(10, 15))

@@ -25,6 +25,7 @@ from tests.servers import mlflow_server
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 SLOW_JOBS = ["seed=1,2,3,4,5,6", "model=random_forest", "model.n_estimators=300", "data=digits"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+LAUNCHERS = {"basic": [], "joblib": JOBLIB, "forked": ["hydra.launcher.n_jobs=2"]}
 
 
 def kinds(runs: list[Run], kind: str) -> list[Run]:
@@ -67,14 +68,12 @@ def wait_for_job_in_flight(sweep: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
 @pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     cli: Cli, launcher: str, signum: int, to_group: bool
 ) -> None:
-    proc = start(
-        cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *(JOBLIB if launcher == "joblib" else [])
-    )
+    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
     wait_for_line(proc, "/6] ")  # one job done
     wait_for_job_in_flight(cli.cwd / "outputs" / "sweep")
     (os.killpg if to_group else os.kill)(proc.pid, signum)
@@ -109,8 +108,9 @@ def test_interrupted_single_run_is_killed(cli: Cli) -> None:
 
 
 @pytest.mark.slow
-def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli) -> None:
-    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
+@pytest.mark.parametrize("launcher", ["joblib", "forked"])
+def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> None:
+    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
     sweep = cli.cwd / "outputs" / "sweep"
     deadline = time.monotonic() + 60
     pid = None

@@ -319,3 +319,28 @@ def test_ray_job_failure_is_a_failed_child_and_fails_the_sweep(cli: Cli, cluster
     path = client.download_artifacts(bad.info.run_id, "traceback.txt", str(cli.cwd))
     assert "Traceback" in Path(path).read_text()
     assert "FAILED" in (cli.cwd / "outputs" / "sweep" / "summary.csv").read_text()
+
+
+# --- forked workers on PostgreSQL -------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_forked_workers_publishing_themselves_into_postgresql_open_their_own_connections(cli: Cli) -> None:
+    """`hydra.launcher.n_jobs=2 tracking.background=false`: the launcher opens the store to
+    create the sweep's parent run, then forks its workers. Had they kept its pooled psycopg
+    connection, jobs would fail to publish ("connection in transaction status INTRANS",
+    "server closed the connection unexpectedly") and stay pending."""
+    with postgres() as uri:
+        overrides = [f"tracking.uri={uri}", "tracking.background=false", "hydra.launcher.n_jobs=2"]
+        res = cli.sweep("seed=range(1,9)", *overrides)
+        assert res.code == 0, res.stderr
+        assert "pending" not in res.stderr
+        all_runs = store_runs(uri)
+    [parent] = kind(all_runs, "sweep")
+    children = kind(all_runs, "job")
+    assert len(children) == 8
+    assert {r.info.status for r in all_runs} == {"FINISHED"}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all({"accuracy", "f1_macro"} <= set(c.data.metrics) for c in children)
+    workers = {c.data.tags["lab.pid"] for c in children}
+    assert parent.data.tags["lab.pid"] not in workers and 1 <= len(workers) <= 2

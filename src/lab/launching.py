@@ -1,4 +1,4 @@
-"""Running sweep jobs in the launching process: Hydra's basic launcher, with fewer copies.
+"""Running sweep jobs: Hydra's basic launcher with fewer copies, optionally on forked workers.
 
 Hydra 1.3.8's ``run_job`` copies the whole job config (with its large ``hydra`` node,
 ~150 OmegaConf nodes here) five times a job: ``HydraConfig.set_config`` twice (a masked
@@ -30,9 +30,13 @@ import copy
 import functools
 import gc
 import logging
+import multiprocessing as mp
 import os
 import pickle
+import signal
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +60,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper
 
-__all__ = ["LabLauncher", "freeze_imports", "run_job"]
+__all__ = ["LabLauncher", "freeze_imports", "launch_forked", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +222,22 @@ def run_job(
 
 
 class LabLauncher(BasicLauncher):
-    """``hydra/launcher=lab``, the default: Hydra's basic launcher running :func:`run_job`."""
+    """``hydra/launcher=lab``, the default: Hydra's basic launcher running :func:`run_job`.
+
+    With ``n_jobs`` > 1 the jobs run in that many worker processes forked from the launching
+    process (:func:`launch_forked`, and the notes above it); with 1 (the default) they run in
+    the launching process, one after another, as Hydra's basic launcher runs them.
+    """
+
+    def __init__(self, n_jobs: int = 1) -> None:
+        super().__init__()
+        if n_jobs == -1:
+            n_jobs = len(os.sched_getaffinity(0))
+        if n_jobs < 1:
+            from lab.validation import fail
+
+            raise fail(f"error: hydra.launcher.n_jobs={n_jobs!r}: an integer >= 1, or -1 for one per CPU")
+        self.n_jobs = n_jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -229,23 +248,98 @@ class LabLauncher(BasicLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = self.config.hydra.sweep.dir
         Path(str(sweep_dir)).mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally")
+        jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        workers = min(self.n_jobs, len(jobs))
+        if workers > 1:
+            log.info(f"Launching {len(jobs)} jobs locally on {workers} forked worker processes")
+            for idx, overrides in jobs:
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            return launch_forked(self, jobs, workers)
+        log.info(f"Launching {len(jobs)} jobs locally")
         runs: list[JobReturn] = []
-        for idx, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + idx
-            lst = " ".join(filter_overrides(overrides))
-            log.info(f"\t#{idx} : {lst}")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            ret = run_job(
-                hydra_context=self.hydra_context,
-                task_function=self.task_function,
-                config=sweep_config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-            runs.append(ret)
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        for idx, overrides in jobs:
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            runs.append(self.run(idx, overrides))
         return runs
+
+    def run(self, idx: int, overrides: list[str]) -> JobReturn:
+        """Compose job ``idx`` and run it in this process."""
+        assert self.hydra_context is not None
+        assert self.config is not None
+        assert self.task_function is not None
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+
+# --- n_jobs > 1: worker processes forked from the launching process ---------------------
+#
+# Hydra's joblib launcher starts loky workers: fresh interpreters, each of which imports
+# Hydra, scikit-learn and lab at its first job (~2.4 s each, on the same cores the jobs
+# need), and each job then carries Hydra's whole Singleton state, which the worker
+# re-applies (rediscovering every plugin, ~50 ms a job). A forked worker starts as a copy
+# of the launching process: everything imported, plugins found, the sweep's composition
+# cache filled, HydraConfig set. A job then costs what it costs in the launching process;
+# only its index and overrides go to the worker, and its JobReturn comes back.
+#
+# What a fork must not share is reset in the worker (_init_worker): the launcher's signal
+# handlers, and any SQLAlchemy connection pool that MLflow opened in the launching process
+# (tracking.background=false creates the sweep's parent run there), per SQLAlchemy's own
+# recipe for forked processes. lab starts no thread in the launching process, and
+# ProcessPoolExecutor forks every worker before it starts its own manager thread, so no
+# lock is copied while another thread holds it. A worker that dies (OOM killer, segfault)
+# breaks the pool: every job still running is stopped, and launch raises BrokenProcessPool,
+# which fails the sweep, as a dead loky worker does under joblib.
+
+_forked_from: LabLauncher | None = None  # the launcher whose jobs a forked worker runs
+
+
+def _init_worker() -> None:
+    # The launching process stops its workers with SIGTERM on Ctrl-C or SIGTERM
+    # (lab.tracking), and a Ctrl-C in a terminal also reaches them directly: ignored here,
+    # so that a job is never cut by KeyboardInterrupt half-way through its callbacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is not None:
+        for engine in list(store.SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=False)  # drop the parent's pooled connections, leave them open for it
+
+
+def _run_forked_job(idx: int, overrides: list[str]) -> JobReturn:
+    assert _forked_from is not None
+    ret = _forked_from.run(idx, overrides)
+    if ret.status == JobStatus.FAILED:
+        try:  # the job's exception travels back to the launching process
+            pickle.dumps(ret._return_value)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable exception must not break the pool
+            ret.return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({exc})")
+    return ret
+
+
+def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], workers: int) -> list[JobReturn]:
+    """Run ``jobs`` on ``workers`` processes forked from this one; their returns, in job order."""
+    global _forked_from
+    _forked_from = launcher
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_worker)
+    try:
+        futures = [executor.submit(_run_forked_job, idx, overrides) for idx, overrides in jobs]
+        return [future.result() for future in futures]
+    except BaseException:
+        # interrupted, or a worker died: stop every job still running before unwinding
+        for process in mp.active_children():
+            process.terminate()
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        _forked_from = None
