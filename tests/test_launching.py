@@ -227,3 +227,8 @@ def test_forked_workers_return_every_job_in_order(tmp_path: Path) -> None:
     pids = {pid for _, pid in done}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     assert all((tmp_path / str(n) / ".hydra" / "config.yaml").exists() for n in range(10, 15))
+
+
+def test_n_jobs_minus_one_is_one_worker_per_usable_cpu() -> None:
+    assert LabLauncher(n_jobs=-1).n_jobs == len(os.sched_getaffinity(0))
+    assert LabLauncher().n_jobs == 1
