@@ -52,16 +52,19 @@ def wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
     raise AssertionError(f"{text!r} never printed; exit {proc.wait()}: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def wait_for_job_in_flight(sweep: Path) -> None:
-    """Until some job has started (its record says RUNNING) and has not written metrics."""
+def wait_for_job_in_flight(sweep: Path, started_after: float) -> None:
+    """Until some job started after ``started_after`` (epoch seconds) is running: its record
+    says RUNNING and it has not written metrics. A job started earlier may be about to
+    finish: two forked workers start their first jobs together, and those end together."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for record in sweep.glob("*/tracking.json"):
             try:
-                running = json.loads(record.read_text())["status"] == "RUNNING"
+                data = json.loads(record.read_text())
             except (OSError, ValueError):
                 continue
-            if running and not (record.parent / "metrics.json").exists():
+            fresh = data["status"] == "RUNNING" and data["start_time"] >= started_after * 1000
+            if fresh and not (record.parent / "metrics.json").exists():
                 return
         time.sleep(0.02)
     raise AssertionError("no job in flight within 60 s")
@@ -75,7 +78,12 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
 ) -> None:
     proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
     wait_for_line(proc, "/6] ")  # one job done
-    wait_for_job_in_flight(cli.cwd / "outputs" / "sweep")
+    # a job started after that one ended (a random forest here takes over a second)...
+    wait_for_job_in_flight(cli.cwd / "outputs" / "sweep", started_after=time.time() - 0.5)
+    # ...and is in its fit, as is the other worker's: forked workers start jobs in lock-step,
+    # and a job killed in the few ms between creating its dir and writing its record has
+    # no run (the known gap in the README's fault table)
+    time.sleep(0.3)
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err

@@ -231,8 +231,8 @@ class LabLauncher(BasicLauncher):
 
     def __init__(self, n_jobs: int = 1) -> None:
         super().__init__()
-        if n_jobs == -1:
-            n_jobs = len(os.sched_getaffinity(0))
+        if n_jobs == -1:  # the CPUs this process may use (Linux), else all of them
+            n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if n_jobs < 1:
             from lab.validation import fail
 
