@@ -234,9 +234,11 @@ class LabLauncher(BasicLauncher):
         if n_jobs == -1:  # the CPUs this process may use (Linux), else all of them
             n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if n_jobs < 1:
-            from lab.validation import fail
+            from lab.config import ConfigError
+            from lab.validation import describe, fail
 
-            raise fail(f"error: hydra.launcher.n_jobs={n_jobs!r}: an integer >= 1, or -1 for one per CPU")
+            error = ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for one per CPU")
+            raise fail(describe(error) or str(error))
         self.n_jobs = n_jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -260,10 +262,11 @@ class LabLauncher(BasicLauncher):
         for idx, overrides in jobs:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             runs.append(self.run(idx, overrides))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the launcher's, again
         return runs
 
     def run(self, idx: int, overrides: list[str]) -> JobReturn:
-        """Compose job ``idx`` and run it in this process."""
+        """Compose job ``idx`` and run it in this process (its logging stays configured)."""
         assert self.hydra_context is not None
         assert self.config is not None
         assert self.task_function is not None
@@ -271,15 +274,13 @@ class LabLauncher(BasicLauncher):
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
-        ret = run_job(
+        return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=sweep_config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return ret
 
 
 # --- n_jobs > 1: worker processes forked from the launching process ---------------------
