@@ -96,3 +96,15 @@ def store_runs(uri: str, experiment: str = "lab") -> list[Run]:
     if exp is None:
         return []
     return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000))
+
+
+def publishers_in(cwd: Path) -> list[int]:
+    """Background publisher processes (``python -m lab.publishing``) working in ``cwd``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"lab.publishing" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == cwd.resolve():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

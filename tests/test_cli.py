@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from tests.conftest import Cli, store_runs
+from tests.conftest import Cli, publishers_in, store_runs
 
 
 def runs(cli: Cli, experiment: str = "lab") -> list[Run]:
@@ -200,27 +200,15 @@ def test_tracking_none_writes_outputs_but_no_store(cli: Cli) -> None:
     assert not (cli.cwd / "mlruns").exists()
 
 
-def _publishers_in(cwd: Path) -> list[int]:
-    """Background publisher processes (``python -m lab.publishing``) working in ``cwd``."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"lab.publishing" in (proc / "cmdline").read_bytes() and (proc / "cwd").resolve() == cwd.resolve():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.parametrize("args", [["tracking=none"], ["model.C=-1"], ["--multirun", "seed=1,2", "tracking=none"]])
 def test_the_early_publisher_leaves_nothing_when_not_needed(cli: Cli, args: list[str]) -> None:
     """lab.train starts the publisher before knowing the config; after an untracked or a
     rejected launch no publisher process is left and no store was created."""
     cli.run(*args)
     deadline = time.monotonic() + 2
-    while _publishers_in(cli.cwd) and time.monotonic() < deadline:
+    while publishers_in(cli.cwd) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _publishers_in(cli.cwd) == []
+    assert publishers_in(cli.cwd) == []
     assert not (cli.cwd / "mlflow.db").exists()
 
 

@@ -19,7 +19,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from tests.conftest import Cli, store_runs
+from tests.conftest import Cli, publishers_in, store_runs
 from tests.servers import mlflow_server
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -144,13 +144,26 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
 def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     """SIGKILL to everything (launcher, workers, publisher): runs stay RUNNING until
     `lab.runs reap` ends them FAILED; `lab.runs sync` uploads what never reached MLflow."""
-    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
-    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    # 20 jobs: the publisher creates the store while the first ones run, and may publish
+    # them only once they are finished; the sweep's parent run stays RUNNING throughout.
+    jobs = ["seed=range(1,21)", *SLOW_JOBS[1:]]
+    proc = start(cli, "--multirun", *jobs, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
+    sweep = cli.cwd / "outputs" / "sweep"
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if any(r.info.status == "RUNNING" for r in kinds(store_runs(cli.uri), "job")):
-            break
+    # Not by polling the store: a client opening it while the publisher creates it would
+    # migrate it too (lab serialises that with its own lock, which a bare client does not take).
+    while not list(sweep.glob("*/tracking.synced.json")):  # a job published: the store is ready
+        assert time.monotonic() < deadline, "nothing published within 90 s"
         time.sleep(0.2)
+    wait_for_job_in_flight(sweep, started_after=0)
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    # The publisher runs in a session of its own, so a signal to the launcher's process
+    # group misses it, and it would end the open runs itself once the launcher is gone:
+    # killed first here, as a machine's crash would kill it.
+    publishers = publishers_in(cli.cwd)
+    assert publishers
+    for pid in publishers:
+        os.kill(pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1)  # let orphaned loky workers notice
