@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow.entities import Run
 
 from tests.conftest import Cli, publishers_in, store_runs
@@ -80,9 +81,8 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     wait_for_line(proc, "/6] ")  # one job done
     # a job started after that one ended (a random forest here takes over a second)...
     wait_for_job_in_flight(cli.cwd / "outputs" / "sweep", started_after=time.time() - 0.5)
-    # ...and is in its fit, as is the other worker's: forked workers start jobs in lock-step,
-    # and a job killed in the few ms between creating its dir and writing its record has
-    # no run (the known gap in the README's fault table)
+    # ...and is in its fit, as is the other worker's: forked workers start jobs in
+    # lock-step (a job killed before its record exists is test_job_interrupted_before_...)
     time.sleep(0.3)
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
@@ -97,6 +97,101 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     started = [d for d in (cli.cwd / "outputs" / "sweep").iterdir() if d.name.isdigit()]
     assert len(started) == len(children) < 6  # jobs never started created nothing
     assert "killed" in (cli.cwd / "outputs" / "sweep" / "summary.md").read_text().lower()
+
+
+# Stops a job in the few ms between Hydra creating its dir and lab's on_job_start writing
+# its record, for as long as a test needs: a module in the CLI's working dir, which
+# `python -m` puts on sys.path (forked and loky workers inherit it).
+STALL_MODULE = """
+import logging, os, time
+from pathlib import Path
+from hydra.experimental.callback import Callback
+
+
+def stall():
+    Path(f"stalled-{os.getpid()}").touch()
+    time.sleep(120)
+
+
+class StallingFileHandler(logging.FileHandler):
+    def __init__(self, *args, **kwargs):
+        stall()
+        super().__init__(*args, **kwargs)
+
+
+class StallAtJobStart(Callback):
+    def on_job_start(self, config, **kwargs):
+        stall()
+"""
+STALL_AT = {
+    # Hydra configures the job's logging after creating its dir: the dir is empty
+    "bare_dir": "hydra.job_logging.handlers.file.class=stall.StallingFileHandler",
+    # the callback before lab's tracking one: .hydra/ is written, the record is not
+    "hydra_files": "hydra.callbacks.validate._target_=stall.StallAtJobStart",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("stall_at", list(STALL_AT))
+def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str, stall_at: str) -> None:
+    (cli.cwd / "stall.py").write_text(STALL_MODULE)
+    jobs = ["seed=1,2,3", "hydra.sweep.dir=outputs/sweep", STALL_AT[stall_at]]
+    proc = start(cli, "--multirun", *jobs, *LAUNCHERS[launcher])
+    deadline = time.monotonic() + 60
+    while not list(cli.cwd.glob("stalled-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    sweep = cli.cwd / "outputs" / "sweep"
+    started = sorted(d for d in sweep.iterdir() if d.name.isdigit())
+    assert started
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    children = sorted(kinds(runs, "job"), key=lambda r: int(r.data.tags["lab.job_num"]))
+    assert parent.info.status == "KILLED"
+    assert [c.data.tags["lab.job_num"] for c in children] == [d.name for d in started]
+    for child, job_dir in zip(children, started, strict=True):
+        assert child.info.status == "KILLED"
+        assert child.data.tags["lab.error"] == "interrupted by SIGINT"
+        assert child.data.tags["lab.output_dir"] == str(job_dir)
+        assert child.data.tags["lab.sweep_uid"] == parent.data.tags["lab.sweep_uid"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        if stall_at == "hydra_files":  # the run on_job_start would have made: params, overrides
+            [override] = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+            assert child.data.tags["lab.overrides"] == override
+            assert child.data.params["seed"] == override.removeprefix("seed=")
+            assert child.data.params["model.C"] == "1.0"
+            assert len(child.data.tags["lab.config_sha256"]) == 64
+        else:
+            assert child.info.run_name == f"job-{job_dir.name}"
+            assert child.data.params == {}
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert [row.split(",")[:3] for row in summary[1:]] == [
+        [d.name, "seed=" + str(int(d.name) + 1) if stall_at == "hydra_files" else "", "KILLED"] for d in started
+    ]
+
+
+@pytest.mark.slow
+def test_single_run_interrupted_before_its_record_is_killed_too(cli: Cli) -> None:
+    (cli.cwd / "stall.py").write_text(STALL_MODULE)
+    proc = start(cli, "hydra.run.dir=outputs/run", STALL_AT["hydra_files"], "model.C=0.5")
+    deadline = time.monotonic() + 60
+    while not list(cli.cwd.glob("stalled-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    [run] = store_runs(cli.uri)
+    assert run.info.status == "KILLED"
+    assert run.info.run_name == "run-run"
+    assert run.data.tags["lab.error"] == "interrupted by SIGINT"
+    assert run.data.tags["lab.output_dir"] == str(cli.cwd / "outputs" / "run")
+    assert run.data.params["model.C"] == "0.5"
+    assert "lab.sweep_uid" not in run.data.tags
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from mlflow.entities import Run
 
 from lab.records import JobRecord
 from lab.report import numeric_parameters, use_log_scale
-from lab.summary import JobRow
+from lab.summary import JobRow, job_dirs
 from tests.conftest import Cli
 from tests.test_cli import by_kind, runs
 
@@ -201,3 +201,15 @@ def test_swept_numeric_parameters_leave_out_seed_fixed_and_non_numeric_values() 
 )
 def test_log_axis_when_positive_values_span_two_decades(values: list[float], log: bool) -> None:
     assert use_log_scale(values) is log
+
+
+def test_job_dirs_are_those_with_hydra_files_or_a_record_and_bare_ones_on_request(tmp_path: Path) -> None:
+    for made in ["10/.hydra", "2/.hydra", "2/model", "3", "by/seed/.hydra", "by/other", ".lab-queue/x"]:
+        (tmp_path / made).mkdir(parents=True)
+    (tmp_path / "3" / "tracking.json").write_text("{}")  # record only: a job stopped before .hydra/
+    (tmp_path / "tracking.json").write_text("{}")  # the sweep's own record
+    (tmp_path / "summary.md").write_text("")
+    jobs = [tmp_path / d for d in ("2", "3", "10", "by/seed")]
+    assert job_dirs(tmp_path) == jobs
+    # a leaf dir (hidden ones aside) holding neither: a job stopped right after Hydra made its dir
+    assert job_dirs(tmp_path, bare=True) == [*jobs[:3], tmp_path / "by" / "other", jobs[3]]

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +104,17 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job dirs of a sweep, in job order."""
-    dirs = [p.parent for p in sweep_dir.rglob(".hydra") if p.parent != sweep_dir]
+def job_dirs(sweep_dir: Path, bare: bool = False) -> list[Path]:
+    """The job dirs of a sweep, in job order: every dir below it that holds ``.hydra/`` or
+    a job record. With ``bare``, also every leaf dir that holds neither (hidden dirs aside):
+    a job stopped right after Hydra created its dir, before it wrote ``.hydra/``."""
+    dirs = []
+    for root, subdirs, files in os.walk(sweep_dir):
+        path = Path(root)
+        is_job = path != sweep_dir and (".hydra" in subdirs or RECORD_FILE in files)
+        subdirs[:] = [] if is_job else [d for d in subdirs if not d.startswith(".")]
+        if is_job or (bare and not subdirs and path != sweep_dir):
+            dirs.append(path)
     return sorted(dirs, key=lambda d: (int(d.name) if d.name.isdigit() else math.inf, str(d)))
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from lab import outputs
 from lab.config import job_container
@@ -96,6 +96,7 @@ class _Launch:
 
     uid: str
     uri: str  # real URI, for the in-job publisher; never written to disk or tags
+    started: float  # epoch seconds
     experiment: str
     env_tags: dict[str, str]
     background: bool = True
@@ -153,6 +154,7 @@ class TrackingCallback(Callback):
         self.launch = _Launch(
             uid=uuid.uuid4().hex[:16],
             uri=uri,
+            started=time.time(),
             experiment=resolve_experiment(tracking.experiment),
             env_tags=environment_tags() if tracking.enabled else {},
             background=bool(tracking.background),
@@ -255,8 +257,9 @@ class TrackingCallback(Callback):
         if status is not None:
             # No worker may start or end a job once we decide what the open ones became.
             _stop_workers(spare=self._publisher_proc.pid if self._publisher_proc else None)
-            for job_dir in self._job_dirs(config):
-                self._end_open_record(job_dir, status)
+            if self._enabled(config):
+                for job_dir in self._job_dirs(config, bare=True):
+                    self._end_open_record(job_dir, status)
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status)
@@ -279,21 +282,30 @@ class TrackingCallback(Callback):
             )
             raise SystemExit(PENDING_EXIT)
 
-    def _job_dirs(self, config: DictConfig) -> list[Path]:
+    def _job_dirs(self, config: DictConfig, bare: bool = False) -> list[Path]:
+        """This launch's job dirs (see :func:`lab.summary.job_dirs` for ``bare``)."""
         assert self.launch is not None
         if self.launch.sweep_dir is None:
-            run_dir = Path(str(config.hydra.run.dir))
+            run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))  # as Hydra's run_job makes it
             return [run_dir] if run_dir.exists() else []
         from lab.summary import job_dirs
 
-        return job_dirs(Path(self.launch.sweep_dir))
+        return job_dirs(Path(self.launch.sweep_dir), bare=bare)
 
     def _end_open_record(self, job_dir: Path, status: str) -> None:
         """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
-        if not (job_dir / RECORD_FILE).exists():
-            return
-        record = JobRecord.load(job_dir)
-        if record.finished:
+        assert self.launch is not None
+        if (job_dir / RECORD_FILE).exists():
+            record = JobRecord.load(job_dir)
+            if record.finished:
+                return
+        elif job_dir.stat().st_mtime >= self.launch.started - 0.5:
+            # Stopped in the few ms between Hydra creating its dir and on_job_start: the
+            # record it would have written (not a dir some earlier launch left behind).
+            record = self._record_from_dir(job_dir)
+            assert self._config is not None
+            self._save_sweep_record(record, self._config)
+        else:
             return
         if (job_dir / outputs.METRICS_FILE).exists():
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
@@ -310,6 +322,57 @@ class TrackingCallback(Callback):
         record.artifacts = _artifacts(job_dir)
         record.save()
         self._submit(record, job_dir)
+
+    def _record_from_dir(self, job_dir: Path) -> JobRecord:
+        """The record ``on_job_start`` would have written for ``job_dir``, from its
+        ``.hydra/`` files; when those are missing or half-written, one that names only the
+        job's dir (and its number, when the dir is named by it)."""
+        assert self.launch is not None
+        start_time = int(job_dir.stat().st_mtime * 1000)
+        in_sweep = self.launch.sweep_dir is not None
+        try:
+            config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+            hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
+            assert isinstance(config, DictConfig) and isinstance(hydra, DictConfig)
+            with open_dict(config):
+                config.hydra = hydra.hydra
+            if (OmegaConf.select(config, "hydra.job.num", default=None) is not None) != in_sweep:
+                raise ValueError("hydra.yaml has no hydra.job.num")
+            return self._job_record(config, job_dir, start_time)
+        except Exception:  # noqa: BLE001 - missing, half-written or unresolvable: record what is known
+            pass
+        name = job_dir.name
+        if not in_sweep:
+            uid, run_name = f"{self.launch.uid}-run", f"run-{name}"
+        elif name.isdigit():
+            uid, run_name = f"{self.launch.uid}-{name}", f"job-{name}"
+        else:
+            assert self.launch.sweep_dir is not None
+            where = job_dir.relative_to(self.launch.sweep_dir).as_posix()
+            uid, run_name = f"{self.launch.uid}-{where}", f"job-{where}"
+        tags = {
+            **self.launch.env_tags,
+            "lab.output_dir": str(job_dir),
+            "lab.job_uid": uid,
+            "lab.host": socket.gethostname(),
+            "lab.kind": "job",
+        }
+        if in_sweep:
+            tags["lab.sweep_uid"] = self.launch.uid
+            if name.isdigit():
+                tags["lab.job_num"] = name
+        return JobRecord(
+            uid=uid,
+            job_dir=str(job_dir),
+            run_name=run_name,
+            experiment=self.launch.experiment,
+            tracking_uri=redact(self.launch.uri),
+            status="RUNNING",
+            start_time=start_time,
+            parent_uid=self.launch.uid if in_sweep else None,
+            parent_dir=self.launch.sweep_dir,
+            tags=tags,
+        )
 
     def _write_summary(self, config: DictConfig, status: str | None) -> Any:
         assert self.launch is not None
@@ -372,12 +435,23 @@ class TrackingCallback(Callback):
         if self.launch is None or not self._enabled(config):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
-        params = job_params(config)
+        record = self._job_record(config, job_dir, _now_ms())
+        self._save_sweep_record(record, config)
+        record.save()
+        self._submit(record, job_dir)
+
+    def _save_sweep_record(self, record: JobRecord, config: DictConfig) -> None:
+        """A sweep's first job writes the sweep's record, which its parent run is made from."""
+        if record.parent_dir is not None and not (Path(record.parent_dir) / RECORD_FILE).exists():
+            self._sweep_record(config).save()
+
+    def _job_record(self, config: DictConfig, job_dir: Path, start_time: int) -> JobRecord:
+        """The RUNNING record of the job whose config (with its ``hydra`` node) is ``config``."""
+        assert self.launch is not None
         num = OmegaConf.select(config, "hydra.job.num", default=None)
-        overrides = " ".join(config.hydra.overrides.task)
         tags = {
             **self.launch.env_tags,
-            "lab.overrides": overrides,
+            "lab.overrides": " ".join(config.hydra.overrides.task),
             "lab.output_dir": str(job_dir),
             "lab.config_sha256": config_fingerprint(config),
             "lab.job_uid": f"{self.launch.uid}-{num if num is not None else 'run'}",
@@ -388,25 +462,19 @@ class TrackingCallback(Callback):
         if num is not None:
             tags["lab.job_num"] = str(num)
             tags["lab.sweep_uid"] = self.launch.uid
-        record = JobRecord(
+        return JobRecord(
             uid=tags["lab.job_uid"],
             job_dir=str(job_dir),
             run_name=f"job-{num}" if num is not None else f"run-{job_dir.name}",
             experiment=self.launch.experiment,
             tracking_uri=redact(self.launch.uri),
             status="RUNNING",
-            start_time=_now_ms(),
+            start_time=start_time,
             parent_uid=self.launch.uid if num is not None else None,
             parent_dir=self.launch.sweep_dir if num is not None else None,
-            params=params,
+            params=job_params(config),
             tags=tags,
         )
-        if num is not None and self.launch.sweep_dir is not None:
-            sweep_file = Path(self.launch.sweep_dir) / RECORD_FILE
-            if not sweep_file.exists():
-                self._sweep_record(config).save()
-        record.save()
-        self._submit(record, job_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
