@@ -165,6 +165,7 @@ def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str
             assert child.data.params["seed"] == override.removeprefix("seed=")
             assert child.data.params["model.C"] == "1.0"
             assert len(child.data.tags["lab.config_sha256"]) == 64
+            assert "lab.pid" not in child.data.tags  # the launcher's pid would be wrong for a worker's job
         else:
             assert child.info.run_name == f"job-{job_dir.name}"
             assert child.data.params == {}

@@ -338,7 +338,9 @@ class TrackingCallback(Callback):
                 config.hydra = hydra.hydra
             if (OmegaConf.select(config, "hydra.job.num", default=None) is not None) != in_sweep:
                 raise ValueError("hydra.yaml has no hydra.job.num")
-            return self._job_record(config, job_dir, start_time)
+            record = self._job_record(config, job_dir, start_time)
+            del record.tags["lab.pid"]  # this process's, not the job's (which is not known)
+            return record
         except Exception:  # noqa: BLE001 - missing, half-written or unresolvable: record what is known
             pass
         name = job_dir.name
