@@ -187,6 +187,25 @@ def test_parallel_sweep_tracks_every_job(cli: Cli, launcher: str, background: st
     assert len({c.data.tags["lab.pid"] for c in children} - {parent.data.tags["lab.pid"]}) >= 1
 
 
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_sweeps_into_the_same_dir_each_get_their_own_parent(cli: Cli, background: str) -> None:
+    """The second sweep's jobs overwrite the first's job dirs and find its sweep record in
+    the sweep dir: they must still hang under a parent run of their own."""
+    for seeds in ("1,2", "3,4"):
+        res = cli.sweep(f"seed={seeds}", f"tracking.background={background}", "tracking.log_model=false")
+        assert res.code == 0, res.stderr
+    all_runs = runs(cli)
+    parents = by_kind(all_runs, "sweep")
+    assert len(parents) == 2
+    assert len(by_kind(all_runs, "job")) == 4
+    for parent in parents:
+        children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert [c.data.tags["lab.kind"] for c in children] == ["job", "job"]
+        assert {c.data.tags["lab.sweep_uid"] for c in children} == {parent.data.tags["lab.sweep_uid"]}
+        assert parent.info.status == "FINISHED"
+        assert parent.info.start_time <= min(c.info.start_time for c in children)
+
+
 def test_environment_overrides_experiment_name(cli: Cli) -> None:
     assert cli.train(MLFLOW_EXPERIMENT_NAME="mine").code == 0
     assert len(runs(cli, "mine")) == 1

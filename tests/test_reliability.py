@@ -131,41 +131,55 @@ STALL_AT = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-@pytest.mark.parametrize("stall_at", list(STALL_AT))
-def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str, stall_at: str) -> None:
+def interrupt_when_stalled(cli: Cli, *args: str, stalls: int = 1) -> None:
+    """Run the CLI with ``args`` until ``stalls`` jobs are stalled, then Ctrl-C it."""
     (cli.cwd / "stall.py").write_text(STALL_MODULE)
-    jobs = ["seed=1,2,3", "hydra.sweep.dir=outputs/sweep", STALL_AT[stall_at]]
-    proc = start(cli, "--multirun", *jobs, *LAUNCHERS[launcher])
+    for old in cli.cwd.glob("stalled-*"):
+        old.unlink()
+    proc = start(cli, *args)
     deadline = time.monotonic() + 60
-    while not list(cli.cwd.glob("stalled-*")):
+    while len(list(cli.cwd.glob("stalled-*"))) < stalls:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+
+
+def killed_sweep(cli: Cli, *args: str, stalls: int = 1) -> tuple[Run, list[Run]]:
+    """Interrupt a 3-job sweep into outputs/sweep once ``stalls`` jobs are stalled; its
+    KILLED parent run and child runs."""
+    interrupt_when_stalled(cli, "--multirun", "seed=1,2,3", "hydra.sweep.dir=outputs/sweep", *args, stalls=stalls)
+    runs = store_runs(cli.uri)
+    [parent] = [r for r in kinds(runs, "sweep") if r.info.status == "KILLED"]
+    uid = parent.data.tags["lab.sweep_uid"]
+    return parent, [r for r in kinds(runs, "job") if r.data.tags["lab.sweep_uid"] == uid]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("stall_at", list(STALL_AT))
+def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str, stall_at: str) -> None:
+    workers = 1 if launcher == "basic" else 2  # each stalls in its first job
+    parent, children = killed_sweep(cli, STALL_AT[stall_at], *LAUNCHERS[launcher], stalls=workers)
     sweep = cli.cwd / "outputs" / "sweep"
     started = sorted(d for d in sweep.iterdir() if d.name.isdigit())
-    assert started
-    runs = store_runs(cli.uri)
-    [parent] = kinds(runs, "sweep")
-    children = sorted(kinds(runs, "job"), key=lambda r: int(r.data.tags["lab.job_num"]))
-    assert parent.info.status == "KILLED"
+    assert len(started) == workers
+    children.sort(key=lambda r: int(r.data.tags["lab.job_num"]))
     assert [c.data.tags["lab.job_num"] for c in children] == [d.name for d in started]
     for child, job_dir in zip(children, started, strict=True):
         assert child.info.status == "KILLED"
         assert child.data.tags["lab.error"] == "interrupted by SIGINT"
         assert child.data.tags["lab.output_dir"] == str(job_dir)
-        assert child.data.tags["lab.sweep_uid"] == parent.data.tags["lab.sweep_uid"]
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.start_time >= parent.info.start_time
+        assert "lab.pid" not in child.data.tags  # the launcher's pid would be wrong for a worker's job
         if stall_at == "hydra_files":  # the run on_job_start would have made: params, overrides
             [override] = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
             assert child.data.tags["lab.overrides"] == override
             assert child.data.params["seed"] == override.removeprefix("seed=")
             assert child.data.params["model.C"] == "1.0"
             assert len(child.data.tags["lab.config_sha256"]) == 64
-            assert "lab.pid" not in child.data.tags  # the launcher's pid would be wrong for a worker's job
         else:
             assert child.info.run_name == f"job-{job_dir.name}"
             assert child.data.params == {}
@@ -176,23 +190,54 @@ def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str
 
 
 @pytest.mark.slow
-def test_single_run_interrupted_before_its_record_is_killed_too(cli: Cli) -> None:
-    (cli.cwd / "stall.py").write_text(STALL_MODULE)
-    proc = start(cli, "hydra.run.dir=outputs/run", STALL_AT["hydra_files"], "model.C=0.5")
-    deadline = time.monotonic() + 60
-    while not list(cli.cwd.glob("stalled-*")):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+def test_job_dirs_named_otherwise_get_no_job_number_from_their_name(cli: Cli) -> None:
+    # job 0's dir is "1": its number must not be taken from the name (job 1 has that one)
+    _, [child] = killed_sweep(cli, STALL_AT["bare_dir"], "hydra.sweep.subdir=${seed}")
+    assert child.info.status == "KILLED"
+    assert child.info.run_name == "job-1"
+    assert child.data.tags["lab.job_uid"].endswith("-dir:1")
+    assert "lab.job_num" not in child.data.tags
+
+
+@pytest.mark.slow
+def test_job_interrupted_in_a_reused_sweep_dir_is_killed_too(cli: Cli) -> None:
+    done = cli.sweep("seed=1,2,3", "tracking.log_model=false")
+    assert done.code == 0, done.stderr
+    # job 0 re-writes .hydra/ in dir 0, which holds the earlier sweep's FINISHED record
+    _, [child] = killed_sweep(cli, STALL_AT["hydra_files"])
+    assert child.info.status == "KILLED"
+    assert child.data.tags["lab.job_num"] == "0"
+    assert child.data.params["seed"] == "1"
+    earlier = [r for r in kinds(store_runs(cli.uri), "job") if r.info.run_id != child.info.run_id]
+    assert sorted(r.info.status for r in earlier) == ["FINISHED"] * 3
+
+
+@pytest.mark.slow
+def test_job_with_another_output_subdir_interrupted_before_its_record_is_killed_too(cli: Cli) -> None:
+    _, [child] = killed_sweep(cli, STALL_AT["hydra_files"], "hydra.output_subdir=meta", "model.C=0.5")
+    assert (cli.cwd / "outputs" / "sweep" / "0" / "meta" / "hydra.yaml").exists()
+    assert child.info.status == "KILLED"
+    assert child.data.params["model.C"] == "0.5"  # read from meta/
+    assert child.data.tags["lab.job_num"] == "0"
+    assert not list((cli.cwd / "outputs" / "sweep").rglob("meta/tracking.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall_at", list(STALL_AT))
+def test_single_run_interrupted_before_its_record_is_killed_too(cli: Cli, stall_at: str) -> None:
+    interrupt_when_stalled(cli, "hydra.run.dir=outputs/run", STALL_AT[stall_at], "model.C=0.5")
     [run] = store_runs(cli.uri)
     assert run.info.status == "KILLED"
     assert run.info.run_name == "run-run"
     assert run.data.tags["lab.error"] == "interrupted by SIGINT"
     assert run.data.tags["lab.output_dir"] == str(cli.cwd / "outputs" / "run")
-    assert run.data.params["model.C"] == "0.5"
     assert "lab.sweep_uid" not in run.data.tags
+    assert "lab.pid" not in run.data.tags
+    if stall_at == "hydra_files":  # from .hydra/config.yaml
+        assert run.data.params["model.C"] == "0.5"
+        assert run.data.params["seed"] == "42"
+    else:
+        assert run.data.params == {}
 
 
 @pytest.mark.slow
@@ -280,6 +325,9 @@ def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     assert "0 record(s) synced" in second.stdout
     runs = store_runs(cli.uri)
     assert len({r.data.tags.get("lab.job_uid") for r in kinds(runs, "job")}) == len(kinds(runs, "job"))
+    # the synced jobs found the sweep's parent run again, not a job run with the same lab.sweep_uid
+    [parent] = kinds(runs, "sweep")
+    assert {r.data.tags["mlflow.parentRunId"] for r in kinds(runs, "job")} == {parent.info.run_id}
     assert client.search_experiments()
 
 

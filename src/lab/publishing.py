@@ -158,8 +158,11 @@ class Publisher:
                 self._experiments[name] = found.experiment_id
         return self._experiments[name]
 
-    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
-        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1)
+    def find_run(self, experiment_id: str, tag: str, value: str, kind: str) -> str | None:
+        """The run of ``kind`` (``lab.kind``: job or sweep) whose ``tag`` is ``value``: a
+        sweep's job runs carry its ``lab.sweep_uid`` too."""
+        query = f"tags.`{tag}` = '{value}' and tags.`lab.kind` = '{kind}'"
+        runs = self.client.search_runs([experiment_id], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
     # --- parent runs -------------------------------------------------------------------
@@ -168,7 +171,7 @@ class Publisher:
         """The sweep's parent run, created on first use (or found again after a crash)."""
         if sweep.uid not in self._parents:
             exp = self.experiment_id(sweep.experiment)
-            run_id = self.find_run(exp, "lab.sweep_uid", sweep.uid)
+            run_id = self.find_run(exp, "lab.sweep_uid", sweep.uid, kind="sweep")
             if run_id is None:
                 run = self.client.create_run(exp, start_time=sweep.start_time, tags=sweep.tags, run_name=sweep.run_name)
                 run_id = run.info.run_id
@@ -201,7 +204,7 @@ class Publisher:
         exp = self.experiment_id(record.experiment)
         run_id = self._runs.get(record.uid)
         if run_id is None and search:
-            run_id = self.find_run(exp, "lab.job_uid", record.uid)
+            run_id = self.find_run(exp, "lab.job_uid", record.uid, kind="job")
         tags = dict(record.tags)
         if sweep is not None:
             tags["mlflow.parentRunId"] = self.parent_run(sweep)

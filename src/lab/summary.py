@@ -104,14 +104,16 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def job_dirs(sweep_dir: Path, bare: bool = False) -> list[Path]:
-    """The job dirs of a sweep, in job order: every dir below it that holds ``.hydra/`` or
-    a job record. With ``bare``, also every leaf dir that holds neither (hidden dirs aside):
-    a job stopped right after Hydra created its dir, before it wrote ``.hydra/``."""
+def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".hydra") -> list[Path]:
+    """The job dirs of a sweep, in job order: every dir below it that holds ``.hydra/``
+    (``hydra.output_subdir``) or a job record. With ``bare``, also every leaf dir that holds
+    neither (hidden dirs aside): a job stopped right after Hydra created its dir, before it
+    wrote ``.hydra/``."""
+    marker = Path(output_subdir).parts[0] if output_subdir else None
     dirs = []
     for root, subdirs, files in os.walk(sweep_dir):
         path = Path(root)
-        is_job = path != sweep_dir and (".hydra" in subdirs or RECORD_FILE in files)
+        is_job = path != sweep_dir and (marker in subdirs or RECORD_FILE in files)
         subdirs[:] = [] if is_job else [d for d in subdirs if not d.startswith(".")]
         if is_job or (bare and not subdirs and path != sweep_dir):
             dirs.append(path)

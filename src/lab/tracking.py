@@ -49,6 +49,7 @@ QUEUE_DIR = ".lab-queue"
 OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
 STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
+MTIME_SLACK_S = 0.5  # file times against time.time(): see TrackingCallback._last_changed
 
 
 class Interrupted(KeyboardInterrupt):
@@ -117,10 +118,18 @@ class TrackingCallback(Callback):
         self._config: DictConfig | None = None
         self._done = False
         self._signal: int | None = None
+        self._sweep_saved = False  # this process has seen the sweep's record written
 
     def __getstate__(self) -> dict[str, Any]:
         # Jobs get a pickled copy: only the launch facts travel, not the publisher process.
-        return {"launch": self.launch, "_publisher_proc": None, "_config": None, "_done": True, "_signal": None}
+        return {
+            "launch": self.launch,
+            "_publisher_proc": None,
+            "_config": None,
+            "_done": True,
+            "_signal": None,
+            "_sweep_saved": False,
+        }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
@@ -232,7 +241,7 @@ class TrackingCallback(Callback):
             experiment=self.launch.experiment,
             tracking_uri=redact(self.launch.uri),
             status="RUNNING",
-            start_time=_now_ms(),
+            start_time=int(self.launch.started * 1000),
             params={},
             tags={
                 **self.launch.env_tags,
@@ -290,26 +299,27 @@ class TrackingCallback(Callback):
             return [run_dir] if run_dir.exists() else []
         from lab.summary import job_dirs
 
-        return job_dirs(Path(self.launch.sweep_dir), bare=bare)
+        subdir = config.hydra.output_subdir
+        return job_dirs(Path(self.launch.sweep_dir), bare=bare, output_subdir=None if subdir is None else str(subdir))
 
     def _end_open_record(self, job_dir: Path, status: str) -> None:
         """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
-        assert self.launch is not None
-        if (job_dir / RECORD_FILE).exists():
-            record = JobRecord.load(job_dir)
-            if record.finished:
-                return
-        elif job_dir.stat().st_mtime >= self.launch.started - 0.5:
+        assert self.launch is not None and self._config is not None
+        record = self._own_record(job_dir)
+        if record is None:
+            changed = self._last_changed(job_dir)
+            if changed < self.launch.started - MTIME_SLACK_S:
+                return  # left by an earlier launch (a re-used sweep dir), untouched by this one
             # Stopped in the few ms between Hydra creating its dir and on_job_start: the
-            # record it would have written (not a dir some earlier launch left behind).
-            record = self._record_from_dir(job_dir)
-            assert self._config is not None
+            # record that would have been written.
+            record = self._record_from_dir(job_dir, start_time=int(changed * 1000))
             self._save_sweep_record(record, self._config)
-        else:
+        elif record.finished:
             return
-        if (job_dir / outputs.METRICS_FILE).exists():
+        metrics = job_dir / outputs.METRICS_FILE
+        if metrics.exists() and metrics.stat().st_mtime >= record.start_time / 1000 - MTIME_SLACK_S:
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
-            assert self._config is not None
+            # (Not metrics an earlier launch left in a re-used dir.)
             _complete(record, job_dir, None, log_model=bool(self._config.tracking.log_model))
             self._submit(record, job_dir)
             return
@@ -323,35 +333,68 @@ class TrackingCallback(Callback):
         record.save()
         self._submit(record, job_dir)
 
-    def _record_from_dir(self, job_dir: Path) -> JobRecord:
-        """The record ``on_job_start`` would have written for ``job_dir``, from its
-        ``.hydra/`` files; when those are missing or half-written, one that names only the
-        job's dir (and its number, when the dir is named by it)."""
+    def _own_record(self, job_dir: Path) -> JobRecord | None:
+        """The record a job of this launch wrote in ``job_dir``, if any (not one an earlier
+        launch left in a re-used dir)."""
         assert self.launch is not None
-        start_time = int(job_dir.stat().st_mtime * 1000)
-        in_sweep = self.launch.sweep_dir is not None
+        if not (job_dir / RECORD_FILE).exists():
+            return None
+        record = JobRecord.load(job_dir)
+        return record if record.uid.startswith(f"{self.launch.uid}-") else None
+
+    def _last_changed(self, job_dir: Path) -> float:
+        """When a job last created ``job_dir`` or wrote its ``.hydra/`` files (a re-used dir
+        keeps its own time), in epoch seconds. File times come from a coarse clock, hence
+        MTIME_SLACK_S in comparisons; what an earlier launch left is older by more than
+        that, since this launch spent over a second importing before it started."""
+        assert self._config is not None
+        times = [job_dir.stat().st_mtime]
+        subdir = self._config.hydra.output_subdir
+        if subdir is not None:
+            times += [p.stat().st_mtime for p in (job_dir / str(subdir)).glob("*.yaml")]
+        return max(times)
+
+    def _saved_config(self, job_dir: Path) -> DictConfig | None:
+        """The job's config with its ``hydra`` node, from the files ``run_job`` saved in
+        ``job_dir``; None when they are missing or half-written."""
+        assert self.launch is not None and self._config is not None
+        subdir = self._config.hydra.output_subdir
+        if subdir is None:
+            return None
         try:
-            config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
-            hydra = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
-            assert isinstance(config, DictConfig) and isinstance(hydra, DictConfig)
-            with open_dict(config):
-                config.hydra = hydra.hydra
-            if (OmegaConf.select(config, "hydra.job.num", default=None) is not None) != in_sweep:
-                raise ValueError("hydra.yaml has no hydra.job.num")
-            record = self._job_record(config, job_dir, start_time)
-            del record.tags["lab.pid"]  # this process's, not the job's (which is not known)
-            return record
-        except Exception:  # noqa: BLE001 - missing, half-written or unresolvable: record what is known
-            pass
+            config = OmegaConf.load(job_dir / str(subdir) / "config.yaml")
+            hydra = OmegaConf.load(job_dir / str(subdir) / "hydra.yaml")
+        except Exception:  # noqa: BLE001 - absent, or cut off mid-write (any YAML or OmegaConf error)
+            return None
+        if not (isinstance(config, DictConfig) and isinstance(hydra, DictConfig) and "hydra" in hydra):
+            return None
+        with open_dict(config):
+            config.hydra = hydra.hydra
+        numbered = OmegaConf.select(config, "hydra.job.num", default=None) is not None
+        return config if numbered == (self.launch.sweep_dir is not None) else None
+
+    def _record_from_dir(self, job_dir: Path, start_time: int) -> JobRecord:
+        """The record ``on_job_start`` would have written for ``job_dir``, from its
+        ``.hydra/`` files (interpolations resolve here, in the launching process); when
+        those are missing or half-written, one that names only the job's dir, and its number
+        when the dir is named by it (``hydra.sweep.subdir`` is ``${hydra.job.num}``)."""
+        assert self.launch is not None and self._config is not None
+        config = self._saved_config(job_dir)
+        if config is not None:
+            with contextlib.suppress(Exception):  # an interpolation that does not resolve here
+                return self._job_record(config, job_dir, start_time, pid=None)  # the job's pid is not known
         name = job_dir.name
+        in_sweep = self.launch.sweep_dir is not None
+        subdir = OmegaConf.to_container(self._config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
+        numbered = in_sweep and name.isdigit() and subdir == "${hydra.job.num}"
         if not in_sweep:
             uid, run_name = f"{self.launch.uid}-run", f"run-{name}"
-        elif name.isdigit():
+        elif numbered:
             uid, run_name = f"{self.launch.uid}-{name}", f"job-{name}"
         else:
             assert self.launch.sweep_dir is not None
             where = job_dir.relative_to(self.launch.sweep_dir).as_posix()
-            uid, run_name = f"{self.launch.uid}-{where}", f"job-{where}"
+            uid, run_name = f"{self.launch.uid}-dir:{where}", f"job-{where}"
         tags = {
             **self.launch.env_tags,
             "lab.output_dir": str(job_dir),
@@ -361,8 +404,8 @@ class TrackingCallback(Callback):
         }
         if in_sweep:
             tags["lab.sweep_uid"] = self.launch.uid
-            if name.isdigit():
-                tags["lab.job_num"] = name
+        if numbered:
+            tags["lab.job_num"] = name
         return JobRecord(
             uid=uid,
             job_dir=str(job_dir),
@@ -403,8 +446,6 @@ class TrackingCallback(Callback):
             )
         if self._enabled(config):
             record = self._sweep_record(config)
-            if (sweep_dir / RECORD_FILE).exists():
-                record.start_time = JobRecord.load(sweep_dir).start_time
             record.status, record.end_time = final, _now_ms()
             record.artifacts = ["summary.csv", "summary.md", "report.png"]
             record.metrics = {"jobs": len(summary.rows), "jobs_failed": len(summary.failed)}
@@ -437,17 +478,23 @@ class TrackingCallback(Callback):
         if self.launch is None or not self._enabled(config):
             return
         job_dir = Path(config.hydra.runtime.output_dir)
-        record = self._job_record(config, job_dir, _now_ms())
+        record = self._job_record(config, job_dir, _now_ms(), pid=os.getpid())
         self._save_sweep_record(record, config)
         record.save()
         self._submit(record, job_dir)
 
     def _save_sweep_record(self, record: JobRecord, config: DictConfig) -> None:
-        """A sweep's first job writes the sweep's record, which its parent run is made from."""
-        if record.parent_dir is not None and not (Path(record.parent_dir) / RECORD_FILE).exists():
+        """A sweep's first job writes the sweep's record, which its parent run is made from
+        (over the one an earlier launch left in a re-used sweep dir)."""
+        assert self.launch is not None
+        if record.parent_dir is None or self._sweep_saved:
+            return
+        path = Path(record.parent_dir) / RECORD_FILE
+        if not path.exists() or read_json(path).get("uid") != self.launch.uid:
             self._sweep_record(config).save()
+        self._sweep_saved = True
 
-    def _job_record(self, config: DictConfig, job_dir: Path, start_time: int) -> JobRecord:
+    def _job_record(self, config: DictConfig, job_dir: Path, start_time: int, pid: int | None) -> JobRecord:
         """The RUNNING record of the job whose config (with its ``hydra`` node) is ``config``."""
         assert self.launch is not None
         num = OmegaConf.select(config, "hydra.job.num", default=None)
@@ -458,9 +505,10 @@ class TrackingCallback(Callback):
             "lab.config_sha256": config_fingerprint(config),
             "lab.job_uid": f"{self.launch.uid}-{num if num is not None else 'run'}",
             "lab.host": socket.gethostname(),
-            "lab.pid": str(os.getpid()),
             "lab.kind": "job",
         }
+        if pid is not None:
+            tags["lab.pid"] = str(pid)
         if num is not None:
             tags["lab.job_num"] = str(num)
             tags["lab.sweep_uid"] = self.launch.uid
