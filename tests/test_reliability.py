@@ -134,8 +134,6 @@ STALL_AT = {
 def interrupt_when_stalled(cli: Cli, *args: str, stalls: int = 1) -> None:
     """Run the CLI with ``args`` until ``stalls`` jobs are stalled, then Ctrl-C it."""
     (cli.cwd / "stall.py").write_text(STALL_MODULE)
-    for old in cli.cwd.glob("stalled-*"):
-        old.unlink()
     proc = start(cli, *args)
     deadline = time.monotonic() + 60
     while len(list(cli.cwd.glob("stalled-*"))) < stalls:

@@ -384,40 +384,13 @@ class TrackingCallback(Callback):
             with contextlib.suppress(Exception):  # an interpolation that does not resolve here
                 return self._job_record(config, job_dir, start_time, pid=None)  # the job's pid is not known
         name = job_dir.name
-        in_sweep = self.launch.sweep_dir is not None
+        if self.launch.sweep_dir is None:
+            return self._new_record(job_dir, start_time, None, params={}, tags={})
         subdir = OmegaConf.to_container(self._config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
-        numbered = in_sweep and name.isdigit() and subdir == "${hydra.job.num}"
-        if not in_sweep:
-            uid, run_name = f"{self.launch.uid}-run", f"run-{name}"
-        elif numbered:
-            uid, run_name = f"{self.launch.uid}-{name}", f"job-{name}"
-        else:
-            assert self.launch.sweep_dir is not None
-            where = job_dir.relative_to(self.launch.sweep_dir).as_posix()
-            uid, run_name = f"{self.launch.uid}-dir:{where}", f"job-{where}"
-        tags = {
-            **self.launch.env_tags,
-            "lab.output_dir": str(job_dir),
-            "lab.job_uid": uid,
-            "lab.host": socket.gethostname(),
-            "lab.kind": "job",
-        }
-        if in_sweep:
-            tags["lab.sweep_uid"] = self.launch.uid
-        if numbered:
-            tags["lab.job_num"] = name
-        return JobRecord(
-            uid=uid,
-            job_dir=str(job_dir),
-            run_name=run_name,
-            experiment=self.launch.experiment,
-            tracking_uri=redact(self.launch.uri),
-            status="RUNNING",
-            start_time=start_time,
-            parent_uid=self.launch.uid if in_sweep else None,
-            parent_dir=self.launch.sweep_dir,
-            tags=tags,
-        )
+        if name.isdigit() and subdir == "${hydra.job.num}":
+            return self._new_record(job_dir, start_time, name, params={}, tags={"lab.job_num": name})
+        where = job_dir.relative_to(self.launch.sweep_dir).as_posix()
+        return self._new_record(job_dir, start_time, where, params={}, tags={}, uid_key=f"dir:{where}")
 
     def _write_summary(self, config: DictConfig, status: str | None) -> Any:
         assert self.launch is not None
@@ -496,34 +469,55 @@ class TrackingCallback(Callback):
 
     def _job_record(self, config: DictConfig, job_dir: Path, start_time: int, pid: int | None) -> JobRecord:
         """The RUNNING record of the job whose config (with its ``hydra`` node) is ``config``."""
-        assert self.launch is not None
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         tags = {
-            **self.launch.env_tags,
             "lab.overrides": " ".join(config.hydra.overrides.task),
-            "lab.output_dir": str(job_dir),
             "lab.config_sha256": config_fingerprint(config),
-            "lab.job_uid": f"{self.launch.uid}-{num if num is not None else 'run'}",
-            "lab.host": socket.gethostname(),
-            "lab.kind": "job",
         }
         if pid is not None:
             tags["lab.pid"] = str(pid)
         if num is not None:
             tags["lab.job_num"] = str(num)
-            tags["lab.sweep_uid"] = self.launch.uid
+        name = None if num is None else str(num)
+        return self._new_record(job_dir, start_time, name, params=job_params(config), tags=tags)
+
+    def _new_record(
+        self,
+        job_dir: Path,
+        start_time: int,
+        name: str | None,
+        params: dict[str, str],
+        tags: dict[str, str],
+        uid_key: str | None = None,
+    ) -> JobRecord:
+        """A RUNNING job record: ``job-<name>`` of this launch's sweep, or a single run when
+        ``name`` is None; its uid ends in ``uid_key`` (default: the name)."""
+        assert self.launch is not None
+        in_sweep = name is not None
+        key = uid_key or name or "run"
+        uid = f"{self.launch.uid}-{key}"
+        all_tags = {
+            **self.launch.env_tags,
+            **tags,
+            "lab.output_dir": str(job_dir),
+            "lab.job_uid": uid,
+            "lab.host": socket.gethostname(),
+            "lab.kind": "job",
+        }
+        if in_sweep:
+            all_tags["lab.sweep_uid"] = self.launch.uid
         return JobRecord(
-            uid=tags["lab.job_uid"],
+            uid=uid,
             job_dir=str(job_dir),
-            run_name=f"job-{num}" if num is not None else f"run-{job_dir.name}",
+            run_name=f"job-{name}" if in_sweep else f"run-{job_dir.name}",
             experiment=self.launch.experiment,
             tracking_uri=redact(self.launch.uri),
             status="RUNNING",
             start_time=start_time,
-            parent_uid=self.launch.uid if num is not None else None,
-            parent_dir=self.launch.sweep_dir if num is not None else None,
-            params=job_params(config),
-            tags=tags,
+            parent_uid=self.launch.uid if in_sweep else None,
+            parent_dir=self.launch.sweep_dir if in_sweep else None,
+            params=params,
+            tags=all_tags,
         )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
