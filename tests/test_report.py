@@ -16,7 +16,7 @@ from mlflow.entities import Run
 
 from lab.records import JobRecord
 from lab.report import numeric_parameters, use_log_scale
-from lab.summary import JobRow, job_dirs
+from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows
 from tests.conftest import Cli
 from tests.test_cli import by_kind, runs
 
@@ -126,6 +126,45 @@ def test_regenerated_from_the_sweep_dir_after_an_interruption(cli: Cli) -> None:
     assert not list(cli.cwd.glob("report-*"))
 
 
+@pytest.mark.parametrize("subdir", ["meta", "null"])
+def test_sweep_with_another_output_subdir_is_summarised_and_regenerated(cli: Cli, subdir: str) -> None:
+    """Untracked, the summary finds the jobs by their files in ``hydra.output_subdir``
+    (named in the sweep's multirun.yaml) or by their metrics, and takes their overrides
+    from there; with no ``.hydra/`` files at all they are unknown, and in no group."""
+    res = cli.sweep("seed=1,2", "model.C=0.1,10", "tracking=none", f"hydra.output_subdir={subdir}")
+    assert res.code == 0, res.stderr
+    assert "sweep finished: 4 jobs (4 finished)" in res.stdout
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "summary.csv").read_text())))
+    assert [(r["job"], r["status"]) for r in rows] == [(str(j), "FINISHED") for j in range(4)]
+    assert all(float(r["accuracy"]) > 0.5 for r in rows)
+    groups = [ln for ln in (sweep_dir / "summary.md").read_text().splitlines() if ln.startswith("| `")]
+    if subdir == "meta":
+        assert rows[1]["overrides"] == "seed=1 model.C=10 tracking=none"
+        assert [g.split("|")[1].strip() for g in groups] == [
+            "`model.C=0.1 tracking=none`",
+            "`model.C=10 tracking=none`",
+        ]
+    else:
+        assert {r["overrides"] for r in rows} == {"(unknown)"}
+        assert groups == []
+
+    before = (sweep_dir / "summary.csv").read_text()
+    (sweep_dir / "summary.csv").unlink()
+    res = cli.run("outputs/sweep", module="lab.report")
+    assert res.code == 0, res.stderr
+    assert (sweep_dir / "summary.csv").read_text() == before
+
+
+def test_tracked_sweep_without_hydra_files_takes_overrides_from_the_records(cli: Cli) -> None:
+    assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST, "hydra.output_subdir=null").code == 0
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    assert not list(sweep_dir.glob("*/.hydra"))
+    _, children = parent_and_children(cli)
+    assert len(children) == 4
+    assert_table_matches(sweep_dir, children)
+
+
 def test_regenerated_from_the_parent_run_id_when_the_sweep_dir_is_gone(cli: Cli) -> None:
     assert cli.sweep("seed=1,2,3", "model.C=0.01,1", FAST).code == 0
     parent, children = parent_and_children(cli)
@@ -213,3 +252,31 @@ def test_job_dirs_are_those_with_hydra_files_or_a_record_and_bare_ones_on_reques
     assert job_dirs(tmp_path) == jobs
     # a leaf dir (hidden ones aside) holding neither: a job stopped right after Hydra made its dir
     assert job_dirs(tmp_path, bare=True) == [*jobs[:3], tmp_path / "by" / "other", jobs[3]]
+
+
+def test_saved_output_subdir_is_read_from_multirun_yaml(tmp_path: Path) -> None:
+    assert saved_output_subdir(tmp_path) == ".hydra"  # no multirun.yaml (e.g. the Optuna sweeper)
+    for saved, expected in [("meta", "meta"), ("null", None), ("'${oc.env:X}'", ".hydra"), ("[", ".hydra")]:
+        (tmp_path / "multirun.yaml").write_text(f"hydra:\n  output_subdir: {saved}\nseed: 1\n")
+        assert saved_output_subdir(tmp_path) == expected, saved
+
+
+def test_job_dirs_without_hydra_files_are_found_by_their_metrics_or_traceback(tmp_path: Path) -> None:
+    for name, file in [("0", "metrics.json"), ("1", "traceback.txt"), ("2", "train.log")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text("{}")
+    assert job_dirs(tmp_path, output_subdir=None) == [tmp_path / "0", tmp_path / "1"]
+    assert job_dirs(tmp_path, output_subdir=None, bare=True) == [tmp_path / n for n in ("0", "1", "2")]
+
+
+def column_counts(markdown: str) -> set[int]:
+    return {ln.count("|") for ln in markdown.splitlines() if ln.startswith("|")}
+
+
+def test_markdown_tables_keep_one_column_count_with_and_without_metrics() -> None:
+    killed = JobRow("0", ["seed=1"], "KILLED", {})
+    unknown = JobRow("1", None, "FINISHED", {"accuracy": 0.5})
+    assert column_counts(summarize_rows([killed]).to_markdown()) == {4, 3}  # jobs: 3 columns; groups: 2
+    summary: Summary = summarize_rows([killed, unknown, job(["seed=2"])])
+    assert [g.config for g in summary.groups] == [""]  # the unknown row is in no group
+    assert column_counts(summary.to_markdown()) == {5, 4}

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
 
 from lab.training import TrainResult
 
@@ -73,11 +73,16 @@ def read_metrics(job_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def read_overrides(job_dir: Path) -> list[str]:
+def read_overrides(job_dir: Path, output_subdir: str | None = ".hydra") -> list[str] | None:
+    """The job's overrides as Hydra saved them in its ``hydra.output_subdir``; None when it
+    saved none (``hydra.output_subdir=null``, or a job stopped before it wrote them)."""
+    if output_subdir is None:
+        return None
     try:
-        return [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
-    except OSError:
-        return []
+        saved = yaml.safe_load((job_dir / output_subdir / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in saved] if isinstance(saved, list) else None
 
 
 def job_status(job_dir: Path) -> str:

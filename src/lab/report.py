@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 from lab.outputs import summarize
 from lab.publishing import check_uri, configure_client_env, quiet_mlflow_logging, redact, resolve_uri
 from lab.records import RECORD_FILE, SYNCED_FILE, read_json
-from lab.summary import SEED_KEYS, Group, JobRow, Summary, job_dirs, summarize_rows, summarize_sweep
+from lab.summary import (
+    SEED_KEYS,
+    Group,
+    JobRow,
+    Summary,
+    job_dirs,
+    saved_output_subdir,
+    summarize_rows,
+    summarize_sweep,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -60,18 +69,17 @@ BEST_COLOR = "#f2b705"
 HEADER_CHARS_PER_INCH = 13  # of 9.5 pt text at the PNG's 110 dpi
 
 
-def write_report(sweep_dir: Path, summary: Summary | None = None, title: str | None = None) -> Summary:
-    """Write ``summary.csv``, ``summary.md`` and ``report.png`` into ``sweep_dir``.
+def write_report(out_dir: Path, summary: Summary, title: str | None = None) -> Summary:
+    """Write ``summary.csv``, ``summary.md`` and ``report.png`` into ``out_dir``.
 
     Parameters
     ----------
-    sweep_dir
-        The sweep's outputs dir, or any dir to write the report into when ``summary``
-        is given.
+    out_dir
+        The sweep's outputs dir, or any dir to write the report into.
     summary
-        The rows to report; by default read from the job dirs of ``sweep_dir``.
+        The rows to report.
     title
-        The plot's title; by default names ``sweep_dir``.
+        The plot's title; by default names ``out_dir``.
 
     Returns
     -------
@@ -84,15 +92,13 @@ def write_report(sweep_dir: Path, summary: Summary | None = None, title: str | N
     the end of a sweep, a plotting bug must not cost the sweep its tables and the end of
     its parent run.
     """
-    if summary is None:
-        summary = summarize_sweep(sweep_dir)
-    (sweep_dir / "summary.csv").write_text(summary.to_csv())
-    (sweep_dir / "summary.md").write_text(summary.to_markdown())
-    plot = sweep_dir / PLOT_FILE
+    (out_dir / "summary.csv").write_text(summary.to_csv())
+    (out_dir / "summary.md").write_text(summary.to_markdown())
+    plot = out_dir / PLOT_FILE
     # An old plot must never pass for the plot of these rows.
     plot.unlink(missing_ok=True)
     try:
-        write_plot(summary, plot, title or f"sweep {sweep_dir}")
+        write_plot(summary, plot, title or f"sweep {out_dir}")
     except Exception as exc:  # noqa: BLE001 - see Notes
         print(f"lab: {plot} not written: {summarize(exc)}", file=sys.stderr)
     return summary
@@ -156,7 +162,7 @@ class _Plan:
         self.summary = summary
         self.members: dict[str, list[JobRow]] = {}
         for row in summary.rows:
-            if row.status == "FINISHED":
+            if row.status == "FINISHED" and row.config_key is not None:
                 self.members.setdefault(row.config_key, []).append(row)
         self.params = {config: rows[0].params for config, rows in self.members.items()}
         self.varied = list(_varied_parameters(summary.rows))
@@ -436,6 +442,16 @@ def _child_runs(client: MlflowClient, parent: Run) -> list[Run]:
             return children
 
 
+def _summarize(sweep_dir: Path) -> Summary:
+    """A sweep dir's summary, its jobs' ``.hydra/`` files found where the sweep's
+    ``multirun.yaml`` says they went."""
+    return summarize_sweep(sweep_dir, saved_output_subdir(sweep_dir))
+
+
+def _has_jobs(sweep_dir: Path) -> bool:
+    return bool(job_dirs(sweep_dir, output_subdir=saved_output_subdir(sweep_dir)))
+
+
 def _sweep_dir_of(parent: Run, children: Sequence[Run]) -> Path | None:
     """The parent run's sweep dir, if it still exists here and is that sweep's.
 
@@ -455,7 +471,7 @@ def _sweep_dir_of(parent: Run, children: Sequence[Run]) -> Path | None:
             record = read_json(candidate / RECORD_FILE)
         except (OSError, ValueError):
             continue
-        if uid is not None and record.get("uid") == uid and job_dirs(candidate):
+        if uid is not None and record.get("uid") == uid and _has_jobs(candidate):
             return candidate
     return None
 
@@ -523,7 +539,7 @@ def _from_run_id(args: argparse.Namespace, uri: str) -> tuple[Path, Summary, Mlf
     if sweep_dir is not None:
         out_dir = args.out or sweep_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary = write_report(out_dir, summarize_sweep(sweep_dir), title=f"sweep {sweep_dir}")
+        summary = write_report(out_dir, _summarize(sweep_dir), title=f"sweep {sweep_dir}")
         print(f"lab: report of {sweep_dir} (parent run {run_id})")
     else:
         out_dir = args.out or Path(f"report-{run_id}")
@@ -542,13 +558,14 @@ def _run(args: argparse.Namespace) -> int:
     run_id: str | None = None
     receipt: dict[str, Any] = {}
     if target.is_dir():
-        if not job_dirs(target):
+        if not _has_jobs(target):
             raise _UsageError(
-                f"SWEEP {args.sweep!r}: no job dirs in it (subdirs with .hydra/); is it a sweep's outputs dir?"
+                f"SWEEP {args.sweep!r}: no job dirs in it (subdirs with .hydra/ or metrics.json); "
+                "is it a sweep's outputs dir?"
             )
         out_dir = args.out or target
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary = write_report(out_dir, summarize_sweep(target), title=f"sweep {target}")
+        summary = write_report(out_dir, _summarize(target), title=f"sweep {target}")
         if (target / SYNCED_FILE).exists():
             receipt = read_json(target / SYNCED_FILE)
             run_id = receipt.get("run_id")

@@ -3,6 +3,8 @@ metric across seeds for each otherwise-identical config.
 
 It reads only the outputs dir (``.hydra/overrides.yaml``, ``metrics.json``,
 ``traceback.txt``), so it works with tracking off and for an interrupted sweep.
+``.hydra`` stands for the sweep's ``hydra.output_subdir``, which may be another name or
+none at all.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from lab.outputs import TRACEBACK_FILE, job_status, read_metrics
+from lab.outputs import METRICS_FILE, TRACEBACK_FILE, job_status, read_metrics, read_overrides
 from lab.records import RECORD_FILE, TERMINAL
 
-__all__ = ["Group", "JobRow", "Summary", "summarize_rows", "summarize_sweep"]
+__all__ = ["Group", "JobRow", "Summary", "job_dirs", "saved_output_subdir", "summarize_rows", "summarize_sweep"]
 
 SEED_KEYS = ("seed", "+seed")
 
@@ -29,19 +31,26 @@ SEED_KEYS = ("seed", "+seed")
 @dataclass
 class JobRow:
     job: str  # the job's subdir, normally its number
-    overrides: list[str]
+    overrides: list[str] | None  # None: not known (the job saved none, and has no record)
     status: str
     metrics: dict[str, float]
     error: str = ""
 
     @property
-    def config_key(self) -> str:
-        """The overrides without the seed: jobs that share it differ only by seed."""
+    def config_key(self) -> str | None:
+        """The overrides without the seed: jobs that share it differ only by seed. None
+        when the overrides are not known: such a job is in no group."""
+        if self.overrides is None:
+            return None
         return " ".join(o for o in self.overrides if o.split("=", 1)[0] not in SEED_KEYS)
 
     @property
     def params(self) -> dict[str, str]:
-        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o)
+        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides or [] if "=" in o)
+
+    @property
+    def shown_overrides(self) -> str:
+        return "(unknown)" if self.overrides is None else " ".join(self.overrides)
 
 
 @dataclass
@@ -72,23 +81,22 @@ class Summary:
         writer.writerow(["job", "overrides", "status", *self.metric_names, "error"])
         for r in self.rows:
             writer.writerow(
-                [r.job, " ".join(r.overrides), r.status, *(_cell(r.metrics.get(m)) for m in self.metric_names), r.error]
+                [r.job, r.shown_overrides, r.status, *(_cell(r.metrics.get(m)) for m in self.metric_names), r.error]
             )
         return out.getvalue()
 
     def to_markdown(self) -> str:
         names = self.metric_names
-        lines = ["## Jobs", "", "| job | overrides | status | " + " | ".join(names) + " |"]
-        lines.append("|" + " --- |" * (3 + len(names)))
+        lines = ["## Jobs", "", _md_row(["job", "overrides", "status", *names]), _md_row(["---"] * (3 + len(names)))]
         for r in self.rows:
-            cells = [_fmt(r.metrics.get(m)) for m in names]
             status = r.status if not r.error else f"{r.status}: {r.error}"
-            lines.append(f"| {r.job} | `{' '.join(r.overrides)}` | {_md(status)} | " + " | ".join(cells) + " |")
-        lines += ["", "## Mean ± std across seeds", "", "| config | n | " + " | ".join(names) + " |"]
-        lines.append("|" + " --- |" * (2 + len(names)))
+            cells = [_fmt(r.metrics.get(m)) for m in names]
+            lines.append(_md_row([r.job, f"`{r.shown_overrides}`", _md(status), *cells]))
+        lines += ["", "## Mean ± std across seeds", ""]
+        lines += [_md_row(["config", "n", *names]), _md_row(["---"] * (2 + len(names)))]
         for g in self.groups:
             cells = [f"{_fmt(g.mean.get(m))} ± {_fmt(g.std.get(m))}" if m in g.mean else "" for m in names]
-            lines.append(f"| `{g.config or '(defaults)'}` | {g.n} | " + " | ".join(cells) + " |")
+            lines.append(_md_row([f"`{g.config or '(defaults)'}`", str(g.n), *cells]))
         return "\n".join(lines) + "\n"
 
 
@@ -100,20 +108,42 @@ def _fmt(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_JOB_FILES = {RECORD_FILE, METRICS_FILE, TRACEBACK_FILE}
+
+
+def saved_output_subdir(sweep_dir: Path) -> str | None:
+    """The sweep's ``hydra.output_subdir`` as its ``multirun.yaml`` holds it (lab's sweeper
+    and Hydra's basic one save that file; the Optuna sweeper does not): ``.hydra`` when the
+    file or the key is missing, or the value is an interpolation."""
+    try:
+        saved = yaml.load((sweep_dir / "multirun.yaml").read_text(), Loader=_LOADER)
+        subdir = saved["hydra"]["output_subdir"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return ".hydra"
+    if subdir is None:
+        return None
+    return ".hydra" if "${" in str(subdir) else str(subdir)
+
+
 def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".hydra") -> list[Path]:
     """The job dirs of a sweep, in job order: every dir below it that holds ``.hydra/``
-    (``hydra.output_subdir``) or a job record. With ``bare``, also every leaf dir that holds
-    neither (hidden dirs aside): a job stopped right after Hydra created its dir, before it
-    wrote ``.hydra/``."""
+    (``hydra.output_subdir``), a job record, metrics or a traceback. With ``bare``, also
+    every leaf dir that holds none of these (hidden dirs aside): a job stopped right after
+    Hydra created its dir, before it wrote ``.hydra/``."""
     marker = Path(output_subdir).parts[0] if output_subdir else None
     dirs = []
     for root, subdirs, files in os.walk(sweep_dir):
         path = Path(root)
-        is_job = path != sweep_dir and (marker in subdirs or RECORD_FILE in files)
+        is_job = path != sweep_dir and (marker in subdirs or not _JOB_FILES.isdisjoint(files))
         subdirs[:] = [] if is_job else [d for d in subdirs if not d.startswith(".")]
         if is_job or (bare and not subdirs and path != sweep_dir):
             dirs.append(path)
@@ -128,25 +158,25 @@ def _error(job_dir: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _status(job_dir: Path) -> str:
-    """The job's MLflow status when it has a final record (the two must agree), else what
-    its outputs dir shows."""
-    try:
-        record = json.loads((job_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return job_status(job_dir)
-    return str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
+def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> Summary:
+    """One row per job dir of the sweep (see :func:`job_dirs`).
 
-
-def summarize_sweep(sweep_dir: Path) -> Summary:
+    ``output_subdir`` is the sweep's ``hydra.output_subdir``, where each job's overrides
+    are; without it they come from the job's record (tracked jobs), else are unknown. The
+    status is the record's when it is final (MLflow's and the summary's must agree), else
+    what the outputs dir shows.
+    """
     rows: list[JobRow] = []
-    for job_dir in job_dirs(sweep_dir):
+    for job_dir in job_dirs(sweep_dir, output_subdir=output_subdir):
         try:
-            overrides = [str(o) for o in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []]
-        except OSError:
-            overrides = []
+            record = json.loads((job_dir / RECORD_FILE).read_text())
+        except (OSError, ValueError):
+            record = {}
+        overrides = read_overrides(job_dir, output_subdir)
+        if overrides is None and "lab.overrides" in record.get("tags", {}):
+            overrides = record["tags"]["lab.overrides"].split()
+        status = str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
-        status = _status(job_dir)
         error = _error(job_dir) if status == "FAILED" else ""
         rows.append(JobRow(str(job_dir.relative_to(sweep_dir)), overrides, status, metrics, error))
     return summarize_rows(rows)
@@ -158,7 +188,7 @@ def summarize_rows(rows: list[JobRow]) -> Summary:
     names = sorted({m for r in rows for m in r.metrics})
     by_config: dict[str, list[JobRow]] = {}
     for r in rows:
-        if r.status == "FINISHED":
+        if r.status == "FINISHED" and r.config_key is not None:
             by_config.setdefault(r.config_key, []).append(r)
     groups = []
     for config, members in by_config.items():

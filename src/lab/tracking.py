@@ -299,8 +299,7 @@ class TrackingCallback(Callback):
             return [run_dir] if run_dir.exists() else []
         from lab.summary import job_dirs
 
-        subdir = config.hydra.output_subdir
-        return job_dirs(Path(self.launch.sweep_dir), bare=bare, output_subdir=None if subdir is None else str(subdir))
+        return job_dirs(Path(self.launch.sweep_dir), bare=bare, output_subdir=_output_subdir(config))
 
     def _end_open_record(self, job_dir: Path, status: str) -> None:
         """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
@@ -349,21 +348,21 @@ class TrackingCallback(Callback):
         that, since this launch spent over a second importing before it started."""
         assert self._config is not None
         times = [job_dir.stat().st_mtime]
-        subdir = self._config.hydra.output_subdir
+        subdir = _output_subdir(self._config)
         if subdir is not None:
-            times += [p.stat().st_mtime for p in (job_dir / str(subdir)).glob("*.yaml")]
+            times += [p.stat().st_mtime for p in (job_dir / subdir).glob("*.yaml")]
         return max(times)
 
     def _saved_config(self, job_dir: Path) -> DictConfig | None:
         """The job's config with its ``hydra`` node, from the files ``run_job`` saved in
         ``job_dir``; None when they are missing or half-written."""
         assert self.launch is not None and self._config is not None
-        subdir = self._config.hydra.output_subdir
+        subdir = _output_subdir(self._config)
         if subdir is None:
             return None
         try:
-            config = OmegaConf.load(job_dir / str(subdir) / "config.yaml")
-            hydra = OmegaConf.load(job_dir / str(subdir) / "hydra.yaml")
+            config = OmegaConf.load(job_dir / subdir / "config.yaml")
+            hydra = OmegaConf.load(job_dir / subdir / "hydra.yaml")
         except Exception:  # noqa: BLE001 - absent, or cut off mid-write (any YAML or OmegaConf error)
             return None
         if not (isinstance(config, DictConfig) and isinstance(hydra, DictConfig) and "hydra" in hydra):
@@ -396,7 +395,7 @@ class TrackingCallback(Callback):
         assert self.launch is not None
         assert self.launch.sweep_dir is not None
         sweep_dir = Path(self.launch.sweep_dir)
-        summary = summarize_sweep(sweep_dir)
+        summary = summarize_sweep(sweep_dir, _output_subdir(config))
         from lab.report import write_report  # here: job processes import this module and never report
 
         write_report(sweep_dir, summary)
@@ -412,7 +411,7 @@ class TrackingCallback(Callback):
         trial = _best_trial(summary, direction) if study is not None else None
         if study is not None:
             print(
-                f"lab: best trial: job {trial.job}: {' '.join(trial.overrides)} → "
+                f"lab: best trial: job {trial.job}: {trial.shown_overrides} → "
                 f"{OBJECTIVE}={trial.metrics[OBJECTIVE]:.4f} ({direction})"
                 if trial is not None
                 else "lab: best trial: none, no trial finished"
@@ -593,6 +592,12 @@ def _pin_sweep_dir(config: DictConfig) -> str:
             config.hydra.sweep.dir = absolute
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
     return absolute
+
+
+def _output_subdir(config: DictConfig) -> str | None:
+    """``hydra.output_subdir``: where each job's ``.hydra/`` files go (None: not written)."""
+    subdir = config.hydra.output_subdir
+    return None if subdir is None else str(subdir)
 
 
 def _complete(record: JobRecord, job_dir: Path, error: str | None, log_model: bool) -> None:
