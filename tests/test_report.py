@@ -156,6 +156,24 @@ def test_sweep_with_another_output_subdir_is_summarised_and_regenerated(cli: Cli
     assert (sweep_dir / "summary.csv").read_text() == before
 
 
+def test_failed_job_with_unknown_overrides_still_fails_the_sweep(cli: Cli) -> None:
+    res = cli.sweep("split=kfold", "split.n_splits=5,60", "tracking=none", "hydra.output_subdir=null")
+    assert res.code == 1, res.stderr
+    assert "1 of 2 jobs failed" in res.stderr
+    assert "#1 (unknown): ValueError" in res.stderr
+
+
+@pytest.mark.parametrize("tracking", ["tracking=none", FAST])
+def test_sweep_into_a_reused_dir_summarises_only_its_own_jobs(cli: Cli, tracking: str) -> None:
+    assert cli.sweep("seed=1,2,3", tracking).code == 0
+    res = cli.sweep("seed=4", "model.C=7", tracking)
+    assert res.code == 0, res.stderr
+    assert "sweep finished: 1 jobs (1 finished)" in res.stdout
+    rows = list(csv.DictReader(io.StringIO((cli.cwd / "outputs" / "sweep" / "summary.csv").read_text())))
+    expected = f"seed=4 model.C=7 {tracking}".replace("=false", "=False")  # as Hydra's sweeper writes it
+    assert [(r["job"], r["overrides"]) for r in rows] == [("0", expected)]
+
+
 def test_tracked_sweep_without_hydra_files_takes_overrides_from_the_records(cli: Cli) -> None:
     assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST, "hydra.output_subdir=null").code == 0
     sweep_dir = cli.cwd / "outputs" / "sweep"

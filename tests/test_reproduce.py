@@ -94,6 +94,20 @@ def test_reproduce_by_outputs_dir_finds_the_run_in_its_receipt(cli: Cli) -> None
     assert_complete_reproduction(cli, original)
 
 
+def test_hydra_files_of_another_output_subdir_are_logged_under_hydra_and_reproduce(cli: Cli) -> None:
+    assert cli.train("model.C=0.5", "hydra.output_subdir=meta").code == 0
+    original = only_run(cli, "job")
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    logged = {a.path for a in client.list_artifacts(original.info.run_id, ".hydra")}
+    assert logged == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+    assert "meta" not in {a.path for a in client.list_artifacts(original.info.run_id)}
+
+    for target in (original.info.run_id, "outputs/run"):
+        res = reproduce(cli, target)
+        assert res.code == 0, res.stderr
+        assert SUCCESS.format(2) in res.stdout
+
+
 def test_reproduce_a_child_of_a_sweep(cli: Cli) -> None:
     assert cli.sweep("split=kfold", "seed=1,2").code == 0
     child = next(r for r in by_kind(runs(cli), "job") if r.data.tags["lab.job_num"] == "1")

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
 import traceback
 from pathlib import Path
@@ -26,8 +28,10 @@ from lab.training import TrainResult
 __all__ = [
     "METRICS_FILE",
     "MODEL_FILE",
+    "MTIME_SLACK_S",
     "TRACEBACK_FILE",
     "job_status",
+    "last_written",
     "read_metrics",
     "read_overrides",
     "write_failure",
@@ -37,6 +41,10 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pkl"
 TRACEBACK_FILE = "traceback.txt"
+# File times come from a coarse clock and are compared with time.time(): allow this much.
+# What an earlier launch left in a re-used dir is older by more, since a launch spends
+# over a second importing before its first job.
+MTIME_SLACK_S = 0.5
 
 
 def write_result(result: TrainResult, job_dir: Path) -> None:
@@ -83,6 +91,22 @@ def read_overrides(job_dir: Path, output_subdir: str | None = ".hydra") -> list[
     except (OSError, yaml.YAMLError):
         return None
     return [str(o) for o in saved] if isinstance(saved, list) else None
+
+
+def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:
+    """When a job last created ``job_dir`` or wrote a file in it or in its
+    ``output_subdir``, in epoch seconds (-inf if it is gone). A re-used dir keeps the
+    times of what an earlier launch left, so this tells a job of the current launch from
+    those (see :data:`MTIME_SLACK_S`)."""
+    dirs = [job_dir] if output_subdir is None else [job_dir, job_dir / output_subdir]
+    times = []
+    for d in dirs:
+        try:
+            times.append(d.stat().st_mtime)
+            times += [entry.stat().st_mtime for entry in os.scandir(d)]
+        except OSError:  # absent, or a file removed while looking
+            continue
+    return max(times, default=-math.inf)
 
 
 def job_status(job_dir: Path) -> str:

@@ -283,6 +283,8 @@ class Publisher:
             path = job_dir / rel
             if path.exists():
                 parent = str(Path(rel).parent)
+                if record.output_subdir is not None and parent == str(Path(record.output_subdir)):
+                    parent = ".hydra"  # wherever hydra.output_subdir put them locally
                 self._log_artifact(run_id, str(path), None if parent == "." else parent)
         if record.model and (job_dir / record.model).exists():
             self._log_model(run_id, job_dir / record.model)

@@ -54,6 +54,8 @@ class JobRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)  # paths relative to job_dir
+    # The job's hydra.output_subdir: the files logged from it go to `.hydra/` in MLflow
+    output_subdir: str | None = ".hydra"
     model: str | None = None  # relative path of the pickled estimator to log as an MLflow model
     error: str | None = None
 

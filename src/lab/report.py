@@ -168,7 +168,7 @@ class _Plan:
         self.varied = list(_varied_parameters(summary.rows))
         self.numeric = numeric_parameters(summary.rows)
         self.best = summary.best(BEST_METRIC)
-        shared = [row.params for row in summary.rows]
+        shared = [row.params for row in summary.rows if row.overrides is not None]
         self.constant = {
             key: value
             for key, value in (shared[0] if shared else {}).items()
@@ -412,7 +412,7 @@ def summary_from_runs(children: Sequence[Run]) -> Summary:
         rows.append(
             JobRow(
                 job=tags.get("lab.job_num") or run.info.run_name or run.info.run_id,
-                overrides=tags.get("lab.overrides", "").split(),
+                overrides=tags["lab.overrides"].split() if "lab.overrides" in tags else None,
                 status=run.info.status,
                 metrics=metrics,
                 error=error[0] if error and run.info.status != "FINISHED" else "",

@@ -176,9 +176,17 @@ def _from_run_id(run_id: str) -> Original:
     return _from_run(publisher, run, f"run {run_id}", text, job_config, config)
 
 
+def _saved_config_file(job_dir: Path) -> Path | None:
+    """``.hydra/config.yaml``, or the ``config.yaml`` that another ``hydra.output_subdir``
+    holds next to Hydra's ``hydra.yaml``."""
+    if (job_dir / CONFIG_FILE).is_file():
+        return job_dir / CONFIG_FILE
+    return next((c for c in sorted(job_dir.glob("*/config.yaml")) if (c.parent / "hydra.yaml").is_file()), None)
+
+
 def _from_outputs_dir(job_dir: Path) -> Original:
-    config_file = job_dir / CONFIG_FILE
-    if not config_file.is_file():
+    config_file = _saved_config_file(job_dir)
+    if config_file is None:
         raise fail(f"error: {job_dir} has no {CONFIG_FILE}; pass a job's outputs dir or an MLflow run id")
     text = config_file.read_text()
     job_config, config = load_config(text, str(job_dir))

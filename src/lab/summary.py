@@ -17,6 +17,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -158,8 +159,17 @@ def _error(job_dir: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> Summary:
-    """One row per job dir of the sweep (see :func:`job_dirs`).
+def _read_record(job_dir: Path) -> dict[str, Any]:
+    """The job's record as JSON ({} when absent or unreadable)."""
+    try:
+        record = json.loads((job_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", dirs: list[Path] | None = None) -> Summary:
+    """One row per job dir of the sweep: ``dirs``, by default all its :func:`job_dirs`.
 
     ``output_subdir`` is the sweep's ``hydra.output_subdir``, where each job's overrides
     are; without it they come from the job's record (tracked jobs), else are unknown. The
@@ -167,14 +177,12 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> Su
     what the outputs dir shows.
     """
     rows: list[JobRow] = []
-    for job_dir in job_dirs(sweep_dir, output_subdir=output_subdir):
-        try:
-            record = json.loads((job_dir / RECORD_FILE).read_text())
-        except (OSError, ValueError):
-            record = {}
+    for job_dir in job_dirs(sweep_dir, output_subdir=output_subdir) if dirs is None else dirs:
+        record = _read_record(job_dir)
+        tags = record.get("tags")
         overrides = read_overrides(job_dir, output_subdir)
-        if overrides is None and "lab.overrides" in record.get("tags", {}):
-            overrides = record["tags"]["lab.overrides"].split()
+        if overrides is None and isinstance(tags, dict) and isinstance(tags.get("lab.overrides"), str):
+            overrides = tags["lab.overrides"].split()
         status = str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
         error = _error(job_dir) if status == "FAILED" else ""

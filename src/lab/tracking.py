@@ -49,7 +49,6 @@ QUEUE_DIR = ".lab-queue"
 OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
 STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
-MTIME_SLACK_S = 0.5  # file times against time.time(): see TrackingCallback._last_changed
 
 
 class Interrupted(KeyboardInterrupt):
@@ -279,7 +278,7 @@ class TrackingCallback(Callback):
         if status is not None:
             return  # from atexit: the interrupt or the launcher's own error sets the exit code
         if summary is not None and summary.failed:
-            failed = "".join(f"\n  #{r.job} {' '.join(r.overrides)}: {r.error or r.status}" for r in summary.failed)
+            failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
         pending = [d for d in self._job_dirs(config) if (d / PENDING_NOTE).exists()]
@@ -306,8 +305,8 @@ class TrackingCallback(Callback):
         assert self.launch is not None and self._config is not None
         record = self._own_record(job_dir)
         if record is None:
-            changed = self._last_changed(job_dir)
-            if changed < self.launch.started - MTIME_SLACK_S:
+            changed = self._touched(job_dir)
+            if changed is None:
                 return  # left by an earlier launch (a re-used sweep dir), untouched by this one
             # Stopped in the few ms between Hydra creating its dir and on_job_start: the
             # record that would have been written.
@@ -316,7 +315,7 @@ class TrackingCallback(Callback):
         elif record.finished:
             return
         metrics = job_dir / outputs.METRICS_FILE
-        if metrics.exists() and metrics.stat().st_mtime >= record.start_time / 1000 - MTIME_SLACK_S:
+        if metrics.exists() and metrics.stat().st_mtime >= record.start_time / 1000 - outputs.MTIME_SLACK_S:
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
             # (Not metrics an earlier launch left in a re-used dir.)
             _complete(record, job_dir, None, log_model=bool(self._config.tracking.log_model))
@@ -328,7 +327,7 @@ class TrackingCallback(Callback):
         else:
             record.error = "the launcher stopped before this job returned"
         record.tags["lab.error"] = record.error
-        record.artifacts = _artifacts(job_dir)
+        record.artifacts = _artifacts(job_dir, record.output_subdir)
         record.save()
         self._submit(record, job_dir)
 
@@ -341,17 +340,12 @@ class TrackingCallback(Callback):
         record = JobRecord.load(job_dir)
         return record if record.uid.startswith(f"{self.launch.uid}-") else None
 
-    def _last_changed(self, job_dir: Path) -> float:
-        """When a job last created ``job_dir`` or wrote its ``.hydra/`` files (a re-used dir
-        keeps its own time), in epoch seconds. File times come from a coarse clock, hence
-        MTIME_SLACK_S in comparisons; what an earlier launch left is older by more than
-        that, since this launch spent over a second importing before it started."""
-        assert self._config is not None
-        times = [job_dir.stat().st_mtime]
-        subdir = _output_subdir(self._config)
-        if subdir is not None:
-            times += [p.stat().st_mtime for p in (job_dir / subdir).glob("*.yaml")]
-        return max(times)
+    def _touched(self, job_dir: Path) -> float | None:
+        """When this launch last wrote in ``job_dir`` (epoch seconds); None if it did not:
+        the dir is what an earlier launch left in a re-used sweep dir."""
+        assert self.launch is not None and self._config is not None
+        changed = outputs.last_written(job_dir, _output_subdir(self._config))
+        return None if changed < self.launch.started - outputs.MTIME_SLACK_S else changed
 
     def _saved_config(self, job_dir: Path) -> DictConfig | None:
         """The job's config with its ``hydra`` node, from the files ``run_job`` saved in
@@ -384,18 +378,24 @@ class TrackingCallback(Callback):
                 return self._job_record(config, job_dir, start_time, pid=None)  # the job's pid is not known
         name = job_dir.name
         if self.launch.sweep_dir is None:
-            return self._new_record(job_dir, start_time, None, params={}, tags={})
+            return self._new_record(job_dir, start_time, None, params={}, tags={}, config=self._config)
         subdir = OmegaConf.to_container(self._config.hydra.sweep, resolve=False).get("subdir")  # type: ignore[union-attr]
         if name.isdigit() and subdir == "${hydra.job.num}":
-            return self._new_record(job_dir, start_time, name, params={}, tags={"lab.job_num": name})
+            return self._new_record(
+                job_dir, start_time, name, params={}, tags={"lab.job_num": name}, config=self._config
+            )
         where = job_dir.relative_to(self.launch.sweep_dir).as_posix()
-        return self._new_record(job_dir, start_time, where, params={}, tags={}, uid_key=f"dir:{where}")
+        return self._new_record(
+            job_dir, start_time, where, params={}, tags={}, config=self._config, uid_key=f"dir:{where}"
+        )
 
-    def _write_summary(self, config: DictConfig, status: str | None) -> Any:
+    def _write_summary(self, config: DictConfig, status: str | None) -> Summary:
         assert self.launch is not None
         assert self.launch.sweep_dir is not None
         sweep_dir = Path(self.launch.sweep_dir)
-        summary = summarize_sweep(sweep_dir, _output_subdir(config))
+        # This launch's jobs only: a re-used sweep dir also holds the dirs of earlier ones.
+        ours = [d for d in self._job_dirs(config) if self._touched(d) is not None or self._own_record(d)]
+        summary = summarize_sweep(sweep_dir, _output_subdir(config), ours)
         from lab.report import write_report  # here: job processes import this module and never report
 
         write_report(sweep_dir, summary)
@@ -478,7 +478,7 @@ class TrackingCallback(Callback):
         if num is not None:
             tags["lab.job_num"] = str(num)
         name = None if num is None else str(num)
-        return self._new_record(job_dir, start_time, name, params=job_params(config), tags=tags)
+        return self._new_record(job_dir, start_time, name, params=job_params(config), tags=tags, config=config)
 
     def _new_record(
         self,
@@ -487,10 +487,12 @@ class TrackingCallback(Callback):
         name: str | None,
         params: dict[str, str],
         tags: dict[str, str],
+        config: DictConfig,
         uid_key: str | None = None,
     ) -> JobRecord:
         """A RUNNING job record: ``job-<name>`` of this launch's sweep, or a single run when
-        ``name`` is None; its uid ends in ``uid_key`` (default: the name)."""
+        ``name`` is None; its uid ends in ``uid_key`` (default: the name). ``config`` (with
+        its ``hydra`` node) tells where the job's ``.hydra/`` files are."""
         assert self.launch is not None
         in_sweep = name is not None
         key = uid_key or name or "run"
@@ -517,6 +519,7 @@ class TrackingCallback(Callback):
             parent_dir=self.launch.sweep_dir if in_sweep else None,
             params=params,
             tags=all_tags,
+            output_subdir=_output_subdir(config),
         )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -612,7 +615,7 @@ def _complete(record: JobRecord, job_dir: Path, error: str | None, log_model: bo
     else:
         record.status, record.error = "FAILED", error
         record.tags["lab.error"] = error[:5000]
-    record.artifacts = _artifacts(job_dir)
+    record.artifacts = _artifacts(job_dir, record.output_subdir)
     record.save()
 
 
@@ -658,15 +661,10 @@ def _log_to_file_only(message: str) -> None:
             handler.handle(record)
 
 
-def _artifacts(job_dir: Path) -> list[str]:
-    names = [
-        ".hydra/config.yaml",
-        ".hydra/hydra.yaml",
-        ".hydra/overrides.yaml",
-        outputs.METRICS_FILE,
-        outputs.TRACEBACK_FILE,
-        "train.log",
-    ]
+def _artifacts(job_dir: Path, output_subdir: str | None) -> list[str]:
+    names = [outputs.METRICS_FILE, outputs.TRACEBACK_FILE, "train.log"]
+    if output_subdir is not None:
+        names = [f"{output_subdir}/{name}.yaml" for name in ("config", "hydra", "overrides")] + names
     return [n for n in names if (job_dir / n).exists()]
 
 
