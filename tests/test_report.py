@@ -174,6 +174,17 @@ def test_sweep_into_a_reused_dir_summarises_only_its_own_jobs(cli: Cli, tracking
     assert [(r["job"], r["overrides"]) for r in rows] == [("0", expected)]
 
 
+def test_reused_dir_with_a_broken_earlier_record_still_ends_the_sweep(cli: Cli) -> None:
+    assert cli.sweep("seed=1,2", FAST).code == 0
+    (cli.cwd / "outputs" / "sweep" / "1" / "tracking.json").write_text("{}")
+    res = cli.sweep("seed=3", FAST)
+    assert res.code == 0, res.stderr
+    assert "sweep finished: 1 jobs (1 finished)" in res.stdout
+    assert "raised" not in res.stdout + res.stderr
+    sweeps = [r for r in by_kind(runs(cli), "sweep") if r.info.status == "FINISHED"]
+    assert len(sweeps) == 2
+
+
 def test_tracked_sweep_without_hydra_files_takes_overrides_from_the_records(cli: Cli) -> None:
     assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST, "hydra.output_subdir=null").code == 0
     sweep_dir = cli.cwd / "outputs" / "sweep"

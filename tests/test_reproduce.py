@@ -95,12 +95,14 @@ def test_reproduce_by_outputs_dir_finds_the_run_in_its_receipt(cli: Cli) -> None
 
 
 def test_hydra_files_of_another_output_subdir_are_logged_under_hydra_and_reproduce(cli: Cli) -> None:
-    assert cli.train("model.C=0.5", "hydra.output_subdir=meta").code == 0
+    assert cli.train("model.C=0.5", "hydra.output_subdir=meta/sub").code == 0
     original = only_run(cli, "job")
     client = mlflow.MlflowClient(tracking_uri=cli.uri)
     logged = {a.path for a in client.list_artifacts(original.info.run_id, ".hydra")}
     assert logged == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
-    assert "meta" not in {a.path for a in client.list_artifacts(original.info.run_id)}
+    top = {a.path for a in client.list_artifacts(original.info.run_id)}
+    assert "meta" not in top
+    assert {"metrics.json", "train.log"} <= top  # the job's other files stay where they were
 
     for target in (original.info.run_id, "outputs/run"):
         res = reproduce(cli, target)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from lab.records import PENDING_NOTE, SYNCED_FILE
 from lab.training import TrainResult
 
 __all__ = [
@@ -94,19 +95,39 @@ def read_overrides(job_dir: Path, output_subdir: str | None = ".hydra") -> list[
 
 
 def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:
-    """When a job last created ``job_dir`` or wrote a file in it or in its
-    ``output_subdir``, in epoch seconds (-inf if it is gone). A re-used dir keeps the
+    """When a job last wrote a file in ``job_dir`` or in its ``output_subdir`` (or created
+    the dir, if it holds nothing yet), in epoch seconds (-inf if it is gone). A re-used dir keeps the
     times of what an earlier launch left, so this tells a job of the current launch from
     those (see :data:`MTIME_SLACK_S`)."""
-    dirs = [job_dir] if output_subdir is None else [job_dir, job_dir / output_subdir]
-    times = []
-    for d in dirs:
+    times = _entry_times(job_dir)
+    if output_subdir is not None:
+        times += _entry_times(job_dir / output_subdir)
+    if not times:  # a job stopped right after Hydra created its dir
         try:
-            times.append(d.stat().st_mtime)
-            times += [entry.stat().st_mtime for entry in os.scandir(d)]
-        except OSError:  # absent, or a file removed while looking
+            return job_dir.stat().st_mtime
+        except OSError:
+            return -math.inf
+    return max(times)
+
+
+# Written by the publisher, which may be finishing an earlier launch's records: not a job's.
+_NOT_THE_JOBS = {SYNCED_FILE, PENDING_NOTE}
+
+
+def _entry_times(directory: Path) -> list[float]:
+    times = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name in _NOT_THE_JOBS or entry.name.endswith(".tmp"):
             continue
-    return max(times, default=-math.inf)
+        try:
+            times.append(entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:  # removed while looking
+            continue
+    return times
 
 
 def job_status(job_dir: Path) -> str:

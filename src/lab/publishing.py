@@ -279,11 +279,15 @@ class Publisher:
 
     def _log_artifacts(self, run_id: str, record: JobRecord) -> None:
         job_dir = Path(record.job_dir)
+        subdir = record.output_subdir
+        hydra_files = (
+            set() if subdir is None else {f"{subdir}/{name}.yaml" for name in ("config", "hydra", "overrides")}
+        )
         for rel in record.artifacts:
             path = job_dir / rel
             if path.exists():
                 parent = str(Path(rel).parent)
-                if record.output_subdir is not None and parent == str(Path(record.output_subdir)):
+                if rel in hydra_files:
                     parent = ".hydra"  # wherever hydra.output_subdir put them locally
                 self._log_artifact(run_id, str(path), None if parent == "." else parent)
         if record.model and (job_dir / record.model).exists():

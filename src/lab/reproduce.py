@@ -19,6 +19,7 @@ but its new run could not be published (its record stays pending in ``tracking.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import struct
 import sys
@@ -177,11 +178,13 @@ def _from_run_id(run_id: str) -> Original:
 
 
 def _saved_config_file(job_dir: Path) -> Path | None:
-    """``.hydra/config.yaml``, or the ``config.yaml`` that another ``hydra.output_subdir``
-    holds next to Hydra's ``hydra.yaml``."""
-    if (job_dir / CONFIG_FILE).is_file():
-        return job_dir / CONFIG_FILE
-    return next((c for c in sorted(job_dir.glob("*/config.yaml")) if (c.parent / "hydra.yaml").is_file()), None)
+    """``.hydra/config.yaml``, or the ``config.yaml`` of another ``hydra.output_subdir``:
+    the one the job's record names, else one next to a ``hydra.yaml`` one level down."""
+    subdirs = [".hydra"]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        subdirs.append(str(read_json(job_dir / RECORD_FILE)["output_subdir"]))  # tracked jobs say where
+    subdirs += sorted(h.parent.name for h in job_dir.glob("*/hydra.yaml"))
+    return next((job_dir / d / "config.yaml" for d in subdirs if (job_dir / d / "config.yaml").is_file()), None)
 
 
 def _from_outputs_dir(job_dir: Path) -> Original:

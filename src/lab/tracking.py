@@ -281,7 +281,7 @@ class TrackingCallback(Callback):
             failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
-        pending = [d for d in self._job_dirs(config) if (d / PENDING_NOTE).exists()]
+        pending = [d for d in self._launch_dirs(config) if (d / PENDING_NOTE).exists()]
         if pending:
             print(
                 f"lab: {len(pending)} job(s) trained but their MLflow records are pending "
@@ -299,6 +299,13 @@ class TrackingCallback(Callback):
         from lab.summary import job_dirs
 
         return job_dirs(Path(self.launch.sweep_dir), bare=bare, output_subdir=_output_subdir(config))
+
+    def _launch_dirs(self, config: DictConfig) -> list[Path]:
+        """The job dirs of this launch only: a re-used sweep dir also holds earlier ones'.
+        Tracked, those holding this launch's record; untracked, those it wrote in."""
+        if self._enabled(config):
+            return [d for d in self._job_dirs(config) if self._own_record(d) is not None]
+        return [d for d in self._job_dirs(config) if self._touched(d) is not None]
 
     def _end_open_record(self, job_dir: Path, status: str) -> None:
         """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
@@ -337,7 +344,10 @@ class TrackingCallback(Callback):
         assert self.launch is not None
         if not (job_dir / RECORD_FILE).exists():
             return None
-        record = JobRecord.load(job_dir)
+        try:
+            record = JobRecord.load(job_dir)
+        except (OSError, ValueError, TypeError):  # unreadable: not one this launch wrote
+            return None
         return record if record.uid.startswith(f"{self.launch.uid}-") else None
 
     def _touched(self, job_dir: Path) -> float | None:
@@ -393,9 +403,7 @@ class TrackingCallback(Callback):
         assert self.launch is not None
         assert self.launch.sweep_dir is not None
         sweep_dir = Path(self.launch.sweep_dir)
-        # This launch's jobs only: a re-used sweep dir also holds the dirs of earlier ones.
-        ours = [d for d in self._job_dirs(config) if self._touched(d) is not None or self._own_record(d)]
-        summary = summarize_sweep(sweep_dir, _output_subdir(config), ours)
+        summary = summarize_sweep(sweep_dir, _output_subdir(config), self._launch_dirs(config))
         from lab.report import write_report  # here: job processes import this module and never report
 
         write_report(sweep_dir, summary)
