@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from lab.records import PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, write_json
+from lab.records import HYDRA_FILES, PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -280,9 +280,7 @@ class Publisher:
     def _log_artifacts(self, run_id: str, record: JobRecord) -> None:
         job_dir = Path(record.job_dir)
         subdir = record.output_subdir
-        hydra_files = (
-            set() if subdir is None else {f"{subdir}/{name}.yaml" for name in ("config", "hydra", "overrides")}
-        )
+        hydra_files = set() if subdir is None else {f"{subdir}/{name}" for name in HYDRA_FILES}
         for rel in record.artifacts:
             path = job_dir / rel
             if path.exists():

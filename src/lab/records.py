@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "HYDRA_FILES",
     "PENDING_NOTE",
     "RECORD_FILE",
     "SYNCED_FILE",
@@ -34,6 +35,7 @@ RECORD_FILE = "tracking.json"
 SYNCED_FILE = "tracking.synced.json"
 PENDING_NOTE = "tracking.error.txt"  # written when publishing failed; removed by a later sync
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in hydra.output_subdir
 
 
 @dataclass

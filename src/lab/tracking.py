@@ -40,7 +40,7 @@ from lab import outputs
 from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
-from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
+from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
 from lab.summary import JobRow, Summary, summarize_sweep
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
@@ -268,9 +268,10 @@ class TrackingCallback(Callback):
             if self._enabled(config):
                 for job_dir in self._job_dirs(config, bare=True):
                     self._end_open_record(job_dir, status)
+        ours = self._launch_dirs(config)  # after any open records were ended above
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
-            summary = self._write_summary(config, status)
+            summary = self._write_summary(config, status, ours)
         if self._publisher_proc is not None:
             assert self._publisher_proc.stdin is not None
             self._publisher_proc.stdin.close()
@@ -281,7 +282,7 @@ class TrackingCallback(Callback):
             failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
-        pending = [d for d in self._launch_dirs(config) if (d / PENDING_NOTE).exists()]
+        pending = [d for d in ours if (d / PENDING_NOTE).exists()]
         if pending:
             print(
                 f"lab: {len(pending)} job(s) trained but their MLflow records are pending "
@@ -399,11 +400,11 @@ class TrackingCallback(Callback):
             job_dir, start_time, where, params={}, tags={}, config=self._config, uid_key=f"dir:{where}"
         )
 
-    def _write_summary(self, config: DictConfig, status: str | None) -> Summary:
+    def _write_summary(self, config: DictConfig, status: str | None, ours: list[Path]) -> Summary:
         assert self.launch is not None
         assert self.launch.sweep_dir is not None
         sweep_dir = Path(self.launch.sweep_dir)
-        summary = summarize_sweep(sweep_dir, _output_subdir(config), self._launch_dirs(config))
+        summary = summarize_sweep(sweep_dir, _output_subdir(config), ours)
         from lab.report import write_report  # here: job processes import this module and never report
 
         write_report(sweep_dir, summary)
@@ -672,7 +673,7 @@ def _log_to_file_only(message: str) -> None:
 def _artifacts(job_dir: Path, output_subdir: str | None) -> list[str]:
     names = [outputs.METRICS_FILE, outputs.TRACEBACK_FILE, "train.log"]
     if output_subdir is not None:
-        names = [f"{output_subdir}/{name}.yaml" for name in ("config", "hydra", "overrides")] + names
+        names = [f"{output_subdir}/{name}" for name in HYDRA_FILES] + names
     return [n for n in names if (job_dir / n).exists()]
 
 
