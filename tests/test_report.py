@@ -126,7 +126,7 @@ def test_regenerated_from_the_sweep_dir_after_an_interruption(cli: Cli) -> None:
     assert not list(cli.cwd.glob("report-*"))
 
 
-@pytest.mark.parametrize("subdir", ["meta", "null"])
+@pytest.mark.parametrize("subdir", ["meta", ".", "null"])
 def test_sweep_with_another_output_subdir_is_summarised_and_regenerated(cli: Cli, subdir: str) -> None:
     """Untracked, the summary finds the jobs by their files in ``hydra.output_subdir``
     (named in the sweep's multirun.yaml) or by their metrics, and takes their overrides
@@ -139,7 +139,7 @@ def test_sweep_with_another_output_subdir_is_summarised_and_regenerated(cli: Cli
     assert [(r["job"], r["status"]) for r in rows] == [(str(j), "FINISHED") for j in range(4)]
     assert all(float(r["accuracy"]) > 0.5 for r in rows)
     groups = [ln for ln in (sweep_dir / "summary.md").read_text().splitlines() if ln.startswith("| `")]
-    if subdir == "meta":
+    if subdir != "null":
         assert rows[1]["overrides"] == "seed=1 model.C=10 tracking=none"
         assert [g.split("|")[1].strip() for g in groups] == [
             "`model.C=0.1 tracking=none`",
@@ -296,6 +296,15 @@ def test_job_dirs_without_hydra_files_are_found_by_their_metrics_or_traceback(tm
         (tmp_path / name / file).write_text("{}")
     assert job_dirs(tmp_path, output_subdir=None) == [tmp_path / "0", tmp_path / "1"]
     assert job_dirs(tmp_path, output_subdir=None, bare=True) == [tmp_path / n for n in ("0", "1", "2")]
+
+
+def test_job_dirs_with_output_subdir_dot_are_found_by_their_hydra_yaml(tmp_path: Path) -> None:
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  output_subdir: .\n")  # the sweep dir is no job
+    for name in ("0", "1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "hydra.yaml").write_text("{}")  # stopped before metrics or a record
+    assert job_dirs(tmp_path, output_subdir=".") == [tmp_path / "0", tmp_path / "1"]
+    assert job_dirs(tmp_path) == []  # by ".hydra/" they are not jobs
 
 
 def column_counts(markdown: str) -> set[int]:

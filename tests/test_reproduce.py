@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import pytest
 from mlflow.entities import Run
 
 from tests.conftest import Cli, Result
@@ -165,8 +166,9 @@ def test_a_changed_metric_and_environment_are_reported_with_exit_1(cli: Cli) -> 
     assert all(r.data.metrics["accuracy"] == accuracy for r in reproductions)
 
 
-def test_an_untracked_job_is_compared_with_its_metrics_file(cli: Cli) -> None:
-    assert cli.train("tracking=none", "split=kfold").code == 0
+@pytest.mark.parametrize("subdir", [".hydra", ".", "meta/sub"])  # ".": Hydra's files are in the job dir
+def test_an_untracked_job_is_compared_with_its_metrics_file(cli: Cli, subdir: str) -> None:
+    assert cli.train("tracking=none", "split=kfold", f"hydra.output_subdir={subdir}").code == 0
 
     res = reproduce(cli, "outputs/run")
 

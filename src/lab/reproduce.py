@@ -19,19 +19,19 @@ but its new run could not be published (its record stays pending in ``tracking.j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import struct
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 CONFIG_FILE = ".hydra/config.yaml"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 REPRODUCTIONS_DIR = Path("outputs") / "reproductions"
 # The original run's tags that say where its result came from, compared with now.
 PROVENANCE_TAGS = (
@@ -179,12 +180,29 @@ def _from_run_id(run_id: str) -> Original:
 
 def _saved_config_file(job_dir: Path) -> Path | None:
     """``.hydra/config.yaml``, or the ``config.yaml`` of another ``hydra.output_subdir``:
-    the one the job's record names, else one next to a ``hydra.yaml`` one level down."""
-    subdirs = [".hydra"]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        subdirs.append(str(read_json(job_dir / RECORD_FILE)["output_subdir"]))  # tracked jobs say where
-    subdirs += sorted(h.parent.name for h in job_dir.glob("*/hydra.yaml"))
-    return next((job_dir / d / "config.yaml" for d in subdirs if (job_dir / d / "config.yaml").is_file()), None)
+    the one the job's record names, else the one next to a ``hydra.yaml`` that names its
+    own dir as the job's output subdir (``.``, ``meta``, ``meta/sub``…)."""
+    files = (job_dir / d / "config.yaml" for d in _hydra_subdirs(job_dir))
+    return next((f for f in files if f.is_file()), None)
+
+
+def _hydra_subdirs(job_dir: Path) -> Iterator[str]:
+    """Where the job's Hydra files may be, most likely first; the walk is the last resort
+    (an untracked job with another subdir)."""
+    yield ".hydra"
+    try:
+        recorded = read_json(job_dir / RECORD_FILE)["output_subdir"]  # tracked jobs say where
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded is not None:
+        yield str(recorded)
+    for hydra_file in sorted(job_dir.rglob("hydra.yaml")):
+        try:
+            subdir = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["output_subdir"]
+        except (OSError, YAMLError, KeyError, TypeError):
+            continue
+        if subdir is not None and Path(str(subdir)) == hydra_file.parent.relative_to(job_dir):
+            yield str(subdir)
 
 
 def _from_outputs_dir(job_dir: Path) -> Original:

@@ -140,11 +140,13 @@ def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".
     (``hydra.output_subdir``), a job record, metrics or a traceback. With ``bare``, also
     every leaf dir that holds none of these (hidden dirs aside): a job stopped right after
     Hydra created its dir, before it wrote ``.hydra/``."""
-    marker = Path(output_subdir).parts[0] if output_subdir else None
+    parts = Path(output_subdir).parts if output_subdir is not None else None
+    marker = parts[0] if parts else None  # the top dir of ``.hydra``; none when it is "." or absent
+    markers = (_JOB_FILES | {"hydra.yaml"}) if parts == () else _JOB_FILES  # "." puts Hydra's files in the job dir
     dirs = []
     for root, subdirs, files in os.walk(sweep_dir):
         path = Path(root)
-        is_job = path != sweep_dir and (marker in subdirs or not _JOB_FILES.isdisjoint(files))
+        is_job = path != sweep_dir and (marker in subdirs or not markers.isdisjoint(files))
         subdirs[:] = [] if is_job else [d for d in subdirs if not d.startswith(".")]
         if is_job or (bare and not subdirs and path != sweep_dir):
             dirs.append(path)
