@@ -26,9 +26,9 @@ sweep *ARGS:
 test *ARGS:
     {{uv}} pytest {{ARGS}}
 
-# every test, including slow (Ray, PostgreSQL, concurrency) and e2e (Chromium) ones
+# every test, including slow (Ray, PostgreSQL, concurrency) and e2e (Chromium) ones; lists the slowest
 test-all *ARGS:
-    {{uv}} pytest -m "" {{ARGS}}
+    {{uv}} pytest -m "" --durations=20 {{ARGS}}
 
 # ruff lint and format check
 lint:
