@@ -4,6 +4,7 @@ run as a subprocess against a temporary MLflow sqlite store."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -84,8 +85,23 @@ class Cli:
         return self.run("--multirun", *overrides, "hydra.sweep.dir=outputs/sweep", **env)
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sqlite store as lab creates it (MLflow's migrations, then WAL), made once in a
+    process of its own so that the file is complete when that process has closed it."""
+    path = tmp_path_factory.mktemp("migrated") / "mlflow.db"
+    code = "import sys; from lab.publishing import Publisher; Publisher(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True, timeout=300)
+    return path
+
+
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
+def cli(tmp_path: Path, request: pytest.FixtureRequest) -> Cli:
+    """The CLI in ``tmp_path``, whose store already exists (a copy of :func:`migrated_store`),
+    as it does for every run but a user's first: creating one costs a run ~3 s of MLflow's
+    migrations. Tests marked ``fresh_store`` start with no store at all."""
+    if request.node.get_closest_marker("fresh_store") is None:
+        shutil.copyfile(request.getfixturevalue("migrated_store"), tmp_path / "mlflow.db")
     return Cli(tmp_path)
 
 

@@ -53,6 +53,7 @@ CASES = [
 ]
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str) -> None:
     res = cli.run(*args, "hydra.run.dir=outputs/run", "hydra.sweep.dir=outputs/sweep")

@@ -24,6 +24,7 @@ def by_kind(all_runs: list[Run], kind: str) -> list[Run]:
     return sorted((r for r in all_runs if r.data.tags.get("lab.kind") == kind), key=lambda r: r.info.run_name)
 
 
+@pytest.mark.fresh_store
 def test_single_run_writes_outputs_and_one_complete_mlflow_run(cli: Cli) -> None:
     res = cli.train("model.C=0.5", "seed=3")
     assert res.code == 0, res.stderr
@@ -155,6 +156,7 @@ def test_single_run_failure_is_recorded_and_reported(cli: Cli) -> None:
 PARALLEL = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "forked": ["hydra.launcher.n_jobs=2"]}
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize("launcher", ["basic", *PARALLEL])
 def test_sequential_and_parallel_sweeps_give_identical_metrics(cli: Cli, launcher: str, tmp_path_factory: Any) -> None:
     res = cli.sweep("seed=1,2,3", "model=svm", "tracking=none", *PARALLEL.get(launcher, []))
@@ -211,6 +213,7 @@ def test_environment_overrides_experiment_name(cli: Cli) -> None:
     assert len(runs(cli, "mine")) == 1
 
 
+@pytest.mark.fresh_store
 def test_tracking_none_writes_outputs_but_no_store(cli: Cli) -> None:
     res = cli.train("tracking=none")
     assert res.code == 0, res.stderr
@@ -219,6 +222,7 @@ def test_tracking_none_writes_outputs_but_no_store(cli: Cli) -> None:
     assert not (cli.cwd / "mlruns").exists()
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize("args", [["tracking=none"], ["model.C=-1"], ["--multirun", "seed=1,2", "tracking=none"]])
 def test_the_early_publisher_leaves_nothing_when_not_needed(cli: Cli, args: list[str]) -> None:
     """lab.train starts the publisher before knowing the config; after an untracked or a

@@ -280,6 +280,7 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
     assert any(r.info.status == "FAILED" for r in kinds(runs, "job"))
 
 
+@pytest.mark.fresh_store
 @pytest.mark.slow
 def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     """SIGKILL to everything (launcher, workers, publisher): runs stay RUNNING until
@@ -379,6 +380,7 @@ def test_credentials_and_environment_never_reach_the_store_or_outputs(cli: Cli, 
     assert "***@127.0.0.1" in blob  # the redacted form is what gets recorded
 
 
+@pytest.mark.fresh_store
 @pytest.mark.slow
 def test_concurrent_writers_on_a_fresh_sqlite_store(cli: Cli) -> None:
     """32 jobs on 4 joblib workers, and a second sweep started at the same moment, all into

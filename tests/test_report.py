@@ -217,6 +217,7 @@ def test_regenerated_from_the_parent_run_id_when_the_sweep_dir_is_gone(cli: Cli)
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.fresh_store
 def test_sweep_without_a_numeric_parameter_still_gets_a_plot(cli: Cli) -> None:
     assert cli.sweep("seed=1,2", "model=logreg,svm", "tracking=none").code == 0
     sweep_dir = cli.cwd / "outputs" / "sweep"
@@ -239,6 +240,7 @@ def test_sweep_without_a_numeric_parameter_still_gets_a_plot(cli: Cli) -> None:
         ("0123456789abcdef0123456789abcdef", "no sqlite store at"),
     ],
 )
+@pytest.mark.fresh_store
 def test_bad_argument_exits_2_naming_it(cli: Cli, argument: str, expected: str) -> None:
     (cli.cwd / "empty").mkdir()
     (cli.cwd / "file.txt").write_text("")

@@ -166,6 +166,7 @@ def test_a_changed_metric_and_environment_are_reported_with_exit_1(cli: Cli) -> 
     assert all(r.data.metrics["accuracy"] == accuracy for r in reproductions)
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize("subdir", [".hydra", ".", "meta/sub"])  # ".": Hydra's files are in the job dir
 def test_an_untracked_job_is_compared_with_its_metrics_file(cli: Cli, subdir: str) -> None:
     assert cli.train("tracking=none", "split=kfold", f"hydra.output_subdir={subdir}").code == 0
@@ -182,6 +183,7 @@ def test_an_untracked_job_is_compared_with_its_metrics_file(cli: Cli, subdir: st
     assert json.loads((job_dir / "metrics.json").read_text())["metrics"] == original
 
 
+@pytest.mark.fresh_store
 def test_bad_arguments_give_one_line_and_exit_2(cli: Cli) -> None:
     missing = reproduce(cli, "0" * 32)  # no store at all: none is created
     assert missing.code == 2

@@ -145,6 +145,7 @@ def test_failed_trial_is_a_failed_child_and_the_study_goes_on(cli: Cli) -> None:
     assert results["best_value"] == max(accs)
 
 
+@pytest.mark.fresh_store
 def test_random_forest_search_samples_its_own_space(cli: Cli) -> None:
     res = cli.sweep("search=random_forest", "hydra.sweeper.n_trials=3", "tracking=none")
     assert res.code == 0, res.stderr
