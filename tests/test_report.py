@@ -301,7 +301,6 @@ def test_job_dirs_without_hydra_files_are_found_by_their_metrics_or_traceback(tm
 
 
 def test_job_dirs_with_output_subdir_dot_are_found_by_their_hydra_yaml(tmp_path: Path) -> None:
-    (tmp_path / "multirun.yaml").write_text("hydra:\n  output_subdir: .\n")  # the sweep dir is no job
     for name in ("0", "1"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "hydra.yaml").write_text("{}")  # stopped before metrics or a record

@@ -34,6 +34,7 @@ __all__ = [
     "job_status",
     "last_written",
     "read_metrics",
+    "read_output_subdir",
     "read_overrides",
     "write_failure",
     "write_result",
@@ -42,6 +43,7 @@ __all__ = [
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pkl"
 TRACEBACK_FILE = "traceback.txt"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it
 # File times come from a coarse clock and are compared with time.time(): allow this much.
 # What an earlier launch left in a re-used dir is older by more, since a launch spends
 # over a second importing before its first job.
@@ -92,6 +94,14 @@ def read_overrides(job_dir: Path, output_subdir: str | None = ".hydra") -> list[
     except (OSError, yaml.YAMLError):
         return None
     return [str(o) for o in saved] if isinstance(saved, list) else None
+
+
+def read_output_subdir(saved: Path) -> str | None:
+    """``hydra.output_subdir`` as a file Hydra saved holds it: a job's ``hydra.yaml`` or a
+    sweep's ``multirun.yaml``. Raises OSError, yaml.YAMLError, KeyError or TypeError when
+    the file is unreadable or has no such key."""
+    subdir = yaml.load(saved.read_text(), Loader=_YAML_LOADER)["hydra"]["output_subdir"]
+    return None if subdir is None else str(subdir)
 
 
 def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:

@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
@@ -66,7 +65,6 @@ __all__ = [
 ]
 
 CONFIG_FILE = ".hydra/config.yaml"
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 REPRODUCTIONS_DIR = Path("outputs") / "reproductions"
 # The original run's tags that say where its result came from, compared with now.
 PROVENANCE_TAGS = (
@@ -198,11 +196,11 @@ def _hydra_subdirs(job_dir: Path) -> Iterator[str]:
         yield str(recorded)
     for hydra_file in sorted(job_dir.rglob("hydra.yaml")):
         try:
-            subdir = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["output_subdir"]
+            subdir = outputs.read_output_subdir(hydra_file)
         except (OSError, YAMLError, KeyError, TypeError):
             continue
-        if subdir is not None and Path(str(subdir)) == hydra_file.parent.relative_to(job_dir):
-            yield str(subdir)
+        if subdir is not None and Path(subdir) == hydra_file.parent.relative_to(job_dir):
+            yield subdir
 
 
 def _from_outputs_dir(job_dir: Path) -> Original:

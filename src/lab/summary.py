@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lab.outputs import METRICS_FILE, TRACEBACK_FILE, job_status, read_metrics, read_overrides
+from lab.outputs import METRICS_FILE, TRACEBACK_FILE, job_status, read_metrics, read_output_subdir, read_overrides
 from lab.records import RECORD_FILE, TERMINAL
 
 __all__ = ["Group", "JobRow", "Summary", "job_dirs", "saved_output_subdir", "summarize_rows", "summarize_sweep"]
@@ -117,7 +117,6 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _JOB_FILES = {RECORD_FILE, METRICS_FILE, TRACEBACK_FILE}
 
 
@@ -126,13 +125,10 @@ def saved_output_subdir(sweep_dir: Path) -> str | None:
     and Hydra's basic one save that file; the Optuna sweeper does not): ``.hydra`` when the
     file or the key is missing, or the value is an interpolation."""
     try:
-        saved = yaml.load((sweep_dir / "multirun.yaml").read_text(), Loader=_LOADER)
-        subdir = saved["hydra"]["output_subdir"]
+        subdir = read_output_subdir(sweep_dir / "multirun.yaml")
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return ".hydra"
-    if subdir is None:
-        return None
-    return ".hydra" if "${" in str(subdir) else str(subdir)
+    return ".hydra" if subdir is not None and "${" in subdir else subdir
 
 
 def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".hydra") -> list[Path]:
