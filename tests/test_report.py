@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from lab.records import JobRecord
+from lab.records import JobRecord, join_overrides, split_overrides
 from lab.report import numeric_parameters, use_log_scale
 from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows
 from tests.conftest import Cli
@@ -47,7 +47,7 @@ def parent_and_children(cli: Cli) -> tuple[Run, list[Run]]:
 
 def config_of(child: Run) -> str:
     """The child's overrides without the seed: the config key of summary.md's groups."""
-    return " ".join(o for o in child.data.tags["lab.overrides"].split() if not o.startswith("seed="))
+    return join_overrides(o for o in split_overrides(child.data.tags["lab.overrides"]) if not o.startswith("seed="))
 
 
 def assert_table_matches(out_dir: Path, children: list[Run], not_finished: frozenset[str] = frozenset()) -> None:
@@ -168,7 +168,7 @@ def test_sweep_into_a_reused_dir_summarises_only_its_own_jobs(cli: Cli, tracking
     assert cli.sweep("seed=1,2,3", tracking).code == 0
     res = cli.sweep("seed=4", "model.C=7", tracking)
     assert res.code == 0, res.stderr
-    assert "sweep finished: 1 jobs (1 finished)" in res.stdout
+    assert "sweep finished: 1 job (1 finished)" in res.stdout
     rows = list(csv.DictReader(io.StringIO((cli.cwd / "outputs" / "sweep" / "summary.csv").read_text())))
     expected = f"seed=4 model.C=7 {tracking}".replace("=false", "=False")  # as Hydra's sweeper writes it
     assert [(r["job"], r["overrides"]) for r in rows] == [("0", expected)]
@@ -179,19 +179,31 @@ def test_reused_dir_with_a_broken_earlier_record_still_ends_the_sweep(cli: Cli) 
     (cli.cwd / "outputs" / "sweep" / "1" / "tracking.json").write_text("{}")
     res = cli.sweep("seed=3", FAST)
     assert res.code == 0, res.stderr
-    assert "sweep finished: 1 jobs (1 finished)" in res.stdout
+    assert "sweep finished: 1 job (1 finished)" in res.stdout
     assert "raised" not in res.stdout + res.stderr
     sweeps = [r for r in by_kind(runs(cli), "sweep") if r.info.status == "FINISHED"]
     assert len(sweeps) == 2
 
 
 def test_tracked_sweep_without_hydra_files_takes_overrides_from_the_records(cli: Cli) -> None:
-    assert cli.sweep("seed=1,2", "model.C=0.1,10", FAST, "hydra.output_subdir=null").code == 0
+    # A value with a space stays one override in the tag, the records and the summaries
+    # (a job's overrides, as Hydra's sweeper writes them, escape the space).
+    res = cli.sweep("seed=1,2", "model.C=0.1,10", FAST, "hydra.output_subdir=null", "tracking.experiment=my lab")
+    assert res.code == 0, res.stderr
+    spaced = r"tracking.experiment=my\ lab"
     sweep_dir = cli.cwd / "outputs" / "sweep"
     assert not list(sweep_dir.glob("*/.hydra"))
-    _, children = parent_and_children(cli)
+    all_runs = runs(cli, experiment="my lab")
+    [parent], children = by_kind(all_runs, "sweep"), by_kind(all_runs, "job")
     assert len(children) == 4
+    assert all(spaced in split_overrides(c.data.tags["lab.overrides"]) for c in children)
     assert_table_matches(sweep_dir, children)
+    assert f"'{spaced}'" in (sweep_dir / "summary.md").read_text()
+
+    shutil.rmtree(sweep_dir)
+    res = cli.run(parent.info.run_id, module="lab.report")
+    assert res.code == 0, res.stderr
+    assert_table_matches(cli.cwd / f"report-{parent.info.run_id}", children)
 
 
 def test_regenerated_from_the_parent_run_id_when_the_sweep_dir_is_gone(cli: Cli) -> None:
@@ -310,6 +322,27 @@ def test_job_dirs_with_output_subdir_dot_are_found_by_their_hydra_yaml(tmp_path:
 
 def column_counts(markdown: str) -> set[int]:
     return {ln.count("|") for ln in markdown.splitlines() if ln.startswith("|")}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["seed=1", "model.C=0.5"],
+        [r"tracking.experiment=my\ lab", "seed=2"],
+        ["tracking.experiment='a b'", '+x="it\'s"', "~model.C"],
+        ["seed=range(1,3)", "model.C=[1,2]", "data.name=ü €", "a=$HOME", "b=*"],
+        [],
+    ],
+)
+def test_overrides_tag_splits_back_into_the_same_overrides(overrides: list[str]) -> None:
+    tag = join_overrides(overrides)
+    assert split_overrides(tag) == overrides
+    if all(o.replace("=", "").replace(".", "").isalnum() for o in overrides):
+        assert tag == " ".join(overrides)  # plain overrides read as typed
+
+
+def test_overrides_tag_without_shell_quoting_is_split_at_spaces() -> None:
+    assert split_overrides("seed=1 model.name='a") == ["seed=1", "model.name='a"]
 
 
 def test_markdown_tables_keep_one_column_count_with_and_without_metrics() -> None:

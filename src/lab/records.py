@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ __all__ = [
     "JobRecord",
     "enqueue",
     "find_records",
+    "join_overrides",
     "read_json",
+    "split_overrides",
     "write_json",
 ]
 
@@ -36,6 +39,24 @@ SYNCED_FILE = "tracking.synced.json"
 PENDING_NOTE = "tracking.error.txt"  # written when publishing failed; removed by a later sync
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in hydra.output_subdir
+
+
+def join_overrides(overrides: Iterable[str]) -> str:
+    """The ``lab.overrides`` tag: the overrides shell-quoted where needed (``shlex.join``).
+    ``seed=1 model.C=0.5`` reads as typed; a value with a space or a shell character is
+    quoted (``'data.name=a b'``), so the tag splits back into the same overrides and pastes
+    into a shell as the same arguments."""
+    return shlex.join(overrides)
+
+
+def split_overrides(tag: str) -> list[str]:
+    """The overrides in a ``lab.overrides`` tag (:func:`join_overrides`). A tag that does not
+    parse as shell words (unbalanced quotes, from a lab that joined them with bare spaces)
+    is split at spaces."""
+    try:
+        return shlex.split(tag)
+    except ValueError:
+        return tag.split()
 
 
 @dataclass

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from lab.outputs import summarize
 from lab.publishing import check_uri, configure_client_env, quiet_mlflow_logging, redact, resolve_uri
-from lab.records import RECORD_FILE, SYNCED_FILE, read_json
+from lab.records import RECORD_FILE, SYNCED_FILE, read_json, split_overrides
 from lab.summary import (
     SEED_KEYS,
     Group,
     JobRow,
     Summary,
     job_dirs,
+    jobs,
     saved_output_subdir,
     summarize_rows,
     summarize_sweep,
@@ -184,7 +185,7 @@ class _Plan:
     def header(self, title: str) -> str:
         summary = self.summary
         finished = len(summary.rows) - len(summary.failed)
-        lines = [f"{title}: {finished} of {len(summary.rows)} jobs finished"]
+        lines = [f"{title}: {finished} of {jobs(len(summary.rows))} finished"]
         if self.constant:
             lines.append(_shorten("in every job: " + " ".join(f"{k}={v}" for k, v in self.constant.items()), 120))
         if self.best is not None:
@@ -400,7 +401,7 @@ def summary_from_runs(children: Sequence[Run]) -> Summary:
     Returns
     -------
     Summary
-        One row per child, in job order: its ``lab.overrides`` (split at spaces), its
+        One row per child, in job order: its ``lab.overrides`` (:func:`~lab.records.split_overrides`), its
         MLflow status, its metrics without the ``timing.*`` ones (as in ``metrics.json``)
         and the first line of its ``lab.error``.
     """
@@ -412,7 +413,7 @@ def summary_from_runs(children: Sequence[Run]) -> Summary:
         rows.append(
             JobRow(
                 job=tags.get("lab.job_num") or run.info.run_name or run.info.run_id,
-                overrides=tags["lab.overrides"].split() if "lab.overrides" in tags else None,
+                overrides=split_overrides(tags["lab.overrides"]) if "lab.overrides" in tags else None,
                 status=run.info.status,
                 metrics=metrics,
                 error=error[0] if error and run.info.status != "FINISHED" else "",
@@ -577,7 +578,7 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(f"SWEEP {args.sweep!r}: neither an existing dir nor an MLflow run id (32 hex digits)")
     finished = len(summary.rows) - len(summary.failed)
     print(
-        f"lab: {len(summary.rows)} jobs, {finished} finished; wrote "
+        f"lab: {jobs(len(summary.rows))}, {finished} finished; wrote "
         + ", ".join(str(out_dir / n) for n in REPORT_FILES)
     )
     code = 0

@@ -22,11 +22,16 @@ from typing import Any
 import yaml
 
 from lab.outputs import METRICS_FILE, TRACEBACK_FILE, job_status, read_metrics, read_output_subdir, read_overrides
-from lab.records import RECORD_FILE, TERMINAL
+from lab.records import RECORD_FILE, TERMINAL, join_overrides, split_overrides
 
-__all__ = ["Group", "JobRow", "Summary", "job_dirs", "saved_output_subdir", "summarize_rows", "summarize_sweep"]
+__all__ = ["Group", "JobRow", "Summary", "job_dirs", "jobs", "saved_output_subdir", "summarize_rows", "summarize_sweep"]
 
 SEED_KEYS = ("seed", "+seed")
+
+
+def jobs(n: int) -> str:
+    """``1 job``, ``3 jobs``."""
+    return f"{n} job" if n == 1 else f"{n} jobs"
 
 
 @dataclass
@@ -43,7 +48,7 @@ class JobRow:
         when the overrides are not known: such a job is in no group."""
         if self.overrides is None:
             return None
-        return " ".join(o for o in self.overrides if o.split("=", 1)[0] not in SEED_KEYS)
+        return join_overrides(o for o in self.overrides if o.split("=", 1)[0] not in SEED_KEYS)
 
     @property
     def params(self) -> dict[str, str]:
@@ -51,7 +56,8 @@ class JobRow:
 
     @property
     def shown_overrides(self) -> str:
-        return "(unknown)" if self.overrides is None else " ".join(self.overrides)
+        """As in the ``lab.overrides`` tag: one line that splits back into the overrides."""
+        return "(unknown)" if self.overrides is None else join_overrides(self.overrides)
 
 
 @dataclass
@@ -180,7 +186,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", dirs:
         tags = record.get("tags")
         overrides = read_overrides(job_dir, output_subdir)
         if overrides is None and isinstance(tags, dict) and isinstance(tags.get("lab.overrides"), str):
-            overrides = tags["lab.overrides"].split()
+            overrides = split_overrides(tags["lab.overrides"])
         status = str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
         error = _error(job_dir) if status == "FAILED" else ""

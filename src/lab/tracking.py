@@ -40,8 +40,17 @@ from lab import outputs
 from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
-from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE, JobRecord, enqueue, read_json
-from lab.summary import JobRow, Summary, summarize_sweep
+from lab.records import (
+    HYDRA_FILES,
+    PENDING_NOTE,
+    RECORD_FILE,
+    SYNCED_FILE,
+    JobRecord,
+    enqueue,
+    join_overrides,
+    read_json,
+)
+from lab.summary import JobRow, Summary, jobs, summarize_sweep
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
@@ -245,7 +254,7 @@ class TrackingCallback(Callback):
             tags={
                 **self.launch.env_tags,
                 "lab.sweep_uid": self.launch.uid,
-                "lab.overrides": " ".join(overrides),
+                "lab.overrides": join_overrides(overrides),
                 "lab.output_dir": self.launch.sweep_dir,
                 "lab.kind": "sweep",
                 "lab.host": socket.gethostname(),
@@ -280,7 +289,7 @@ class TrackingCallback(Callback):
             return  # from atexit: the interrupt or the launcher's own error sets the exit code
         if summary is not None and summary.failed:
             failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
-            print(f"lab: {len(summary.failed)} of {len(summary.rows)} jobs failed:{failed}", file=sys.stderr)
+            print(f"lab: {len(summary.failed)} of {jobs(len(summary.rows))} failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
         pending = [d for d in ours if (d / PENDING_NOTE).exists()]
         if pending:
@@ -411,7 +420,7 @@ class TrackingCallback(Callback):
         final = status or ("FAILED" if summary.failed else "FINISHED")
         counts = Counter(r.status.lower() for r in summary.rows)
         print(
-            f"lab: sweep {final.lower()}: {len(summary.rows)} jobs ("
+            f"lab: sweep {final.lower()}: {jobs(len(summary.rows))} ("
             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             + f"); summary {sweep_dir / 'summary.md'}"
         )
@@ -479,7 +488,7 @@ class TrackingCallback(Callback):
         """The RUNNING record of the job whose config (with its ``hydra`` node) is ``config``."""
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         tags = {
-            "lab.overrides": " ".join(config.hydra.overrides.task),
+            "lab.overrides": join_overrides(config.hydra.overrides.task),
             "lab.config_sha256": config_fingerprint(config),
         }
         if pid is not None:
