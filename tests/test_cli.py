@@ -7,7 +7,6 @@ import json
 import pickle
 import time
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import pytest
@@ -154,23 +153,30 @@ def test_single_run_failure_is_recorded_and_reported(cli: Cli) -> None:
 
 
 PARALLEL = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "forked": ["hydra.launcher.n_jobs=2"]}
+SVM_SWEEP = ("seed=1,2,3", "model=svm", "tracking=none")
+
+
+def sweep_metrics(cli: Cli, *overrides: str) -> dict[int, dict[str, float]]:
+    res = cli.sweep(*SVM_SWEEP, *overrides)
+    assert res.code == 0, res.stderr
+    assert not (cli.cwd / "mlflow.db").exists()
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    return {n: json.loads((sweep_dir / str(n) / "metrics.json").read_text())["metrics"] for n in range(3)}
+
+
+@pytest.fixture(scope="module")
+def hydra_basic_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, float]]:
+    """The sweep's metrics with Hydra's own basic launcher, the reference."""
+    return sweep_metrics(Cli(tmp_path_factory.mktemp("hydra-basic")), "hydra/launcher=basic")
 
 
 @pytest.mark.fresh_store
-@pytest.mark.parametrize("launcher", ["basic", *PARALLEL])
-def test_sequential_and_parallel_sweeps_give_identical_metrics(cli: Cli, launcher: str, tmp_path_factory: Any) -> None:
-    res = cli.sweep("seed=1,2,3", "model=svm", "tracking=none", *PARALLEL.get(launcher, []))
-    assert res.code == 0, res.stderr
-    metrics = {
-        n: json.loads((cli.cwd / "outputs" / "sweep" / str(n) / "metrics.json").read_text())["metrics"]
-        for n in range(3)
-    }
-    assert not (cli.cwd / "mlflow.db").exists()
-    store = tmp_path_factory.getbasetemp() / "launcher-metrics.json"
-    if store.exists():
-        assert json.loads(store.read_text()) == {str(k): v for k, v in metrics.items()}
-    else:
-        store.write_text(json.dumps(metrics))
+@pytest.mark.parametrize("launcher", ["lab", *PARALLEL])
+def test_sequential_and_parallel_sweeps_give_identical_metrics(
+    cli: Cli, launcher: str, hydra_basic_metrics: dict[int, dict[str, float]]
+) -> None:
+    assert len(hydra_basic_metrics) == 3
+    assert sweep_metrics(cli, *PARALLEL.get(launcher, [])) == hydra_basic_metrics
 
 
 @pytest.mark.parametrize("launcher", list(PARALLEL))

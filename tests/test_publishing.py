@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,8 @@ import pytest
 import yaml
 
 from lab.outputs import MODEL_FILE, write_result
-from lab.publishing import locked_requirements, write_model_dir
+from lab.publishing import Publisher, locked_requirements, note_pending, write_model_dir
+from lab.records import PENDING_NOTE, JobRecord
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
 
@@ -49,3 +52,45 @@ def test_model_dir_is_what_save_model_writes(
     X, _ = load_dataset(config.data.name)
     for loaded in (mlflow.sklearn.load_model(str(ours)), mlflow.pyfunc.load_model(str(ours))):
         assert np.array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_note(
+    tmp_path: Path, migrated_store: Path
+) -> None:
+    """A record that failed to publish once (its start, say) and then succeeded is not
+    pending; a receipt names its record, so a later run in the same dir is not covered."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    record = JobRecord(
+        uid="launch-0",
+        job_dir=str(job_dir),
+        run_name="0",
+        experiment="lab",
+        tracking_uri=uri,
+        status="FINISHED",
+        start_time=1_700_000_000_000,
+        end_time=1_700_000_001_000,
+        params={"seed": "1"},
+        metrics={"accuracy": 0.5},
+    )
+    record.save()
+    note_pending(record, "ConnectionError: an earlier attempt")
+    assert not record.synced
+
+    run_id = Publisher(uri).publish(record)
+    assert record.synced
+    assert record.receipt() == {
+        "uid": "launch-0",
+        "run_id": run_id,
+        "experiment_id": mlflow.MlflowClient(uri).get_experiment_by_name("lab").experiment_id,
+        "tracking_uri": uri,
+        "status": "FINISHED",
+    }
+    assert not (job_dir / PENDING_NOTE).exists()
+    assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+
+    later = dataclasses.replace(record, uid="launch2-0")
+    assert later.receipt() is None
+    assert not later.synced

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mlflow.entities import Run
 
+from lab.records import split_overrides
 from tests.conftest import Cli, publishers_in, store_runs
 from tests.servers import mlflow_server
 
@@ -358,10 +359,28 @@ def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(cli: C
     assert not (sweep / "0" / "tracking.error.txt").exists()
 
 
-def test_credentials_and_environment_never_reach_the_store_or_outputs(cli: Cli, tmp_path: Path) -> None:
+def artifact_texts(client: mlflow.MlflowClient, run_id: str, dest: Path, path: str | None = None) -> list[str]:
+    """The text of every artifact of the run, in subdirectories too (``.hydra/``, ``model/``)."""
+    texts = []
+    for art in client.list_artifacts(run_id, path):
+        if art.is_dir:
+            texts += artifact_texts(client, run_id, dest, art.path)
+        else:
+            texts.append(Path(client.download_artifacts(run_id, art.path, str(dest))).read_text(errors="replace"))
+    return texts
+
+
+@pytest.mark.parametrize("via", ["env", "override"])
+def test_credentials_and_environment_never_reach_the_store_or_outputs(cli: Cli, tmp_path: Path, via: str) -> None:
+    """A token in the tracking URI, from MLFLOW_TRACKING_URI or a ``tracking.uri`` override,
+    is redacted in everything lab writes and everything the store gets. (Hydra's own files,
+    ``.hydra/*.yaml`` and ``multirun.yaml`` in the outputs dir, keep the override as typed.)"""
     with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server.log") as url:
         secret_uri = url.replace("http://", "http://alice:s3cr3t-token@")
-        res = cli.sweep("seed=1,2", MLFLOW_TRACKING_URI=secret_uri, LAB_TEST_MARKER="env-marker-42")
+        if via == "env":
+            res = cli.sweep("seed=1,2", MLFLOW_TRACKING_URI=secret_uri, LAB_TEST_MARKER="env-marker-42")
+        else:
+            res = cli.sweep("seed=1,2", f"tracking.uri={secret_uri}", LAB_TEST_MARKER="env-marker-42")
         assert res.code == 0, res.stderr
         runs = store_runs(url)
         assert len(runs) == 3
@@ -369,11 +388,12 @@ def test_credentials_and_environment_never_reach_the_store_or_outputs(cli: Cli, 
         texts = [res.stdout, res.stderr]
         for r in runs:
             texts += [str(r.data.params), str(r.data.tags)]
-            for art in client.list_artifacts(r.info.run_id):
-                if not art.is_dir:
-                    local = client.download_artifacts(r.info.run_id, art.path, str(tmp_path))
-                    texts.append(Path(local).read_text(errors="replace"))
-    texts += [p.read_text(errors="replace") for p in (cli.cwd / "outputs").rglob("*") if p.is_file()]
+            logged = artifact_texts(client, r.info.run_id, tmp_path / r.info.run_id)
+            assert len(logged) >= (3 if r.data.tags["lab.kind"] == "sweep" else 8)  # .hydra/*, model/*, ...
+            texts += logged
+    hydra_own = {"config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml"} if via == "override" else set()
+    outputs = [p for p in (cli.cwd / "outputs").rglob("*") if p.is_file() and p.name not in hydra_own]
+    texts += [p.read_text(errors="replace") for p in outputs]
     blob = "\n".join(texts)
     assert "s3cr3t-token" not in blob
     assert "env-marker-42" not in blob
@@ -415,3 +435,105 @@ def test_concurrent_writers_on_a_fresh_sqlite_store(cli: Cli) -> None:
 
     with sqlite3.connect(cli.cwd / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+DOWN = "http://127.0.0.1:9"  # nothing listens there: connection refused
+
+
+def test_failed_run_with_tracking_down_exits_1_for_the_job_and_sync_says_why_in_one_line(cli: Cli) -> None:
+    res = cli.train("split=kfold", "split.n_splits=60", MLFLOW_TRACKING_URI=DOWN)
+    assert res.code == 1, res.stderr  # the job failed: that, not the pending record, sets the code
+    assert "lab: job failed: ValueError" in res.stderr
+    assert "records are pending" in res.stderr
+    assert "Traceback" not in res.stderr
+    for command in ("sync", "reap"):
+        res = cli.run(command, module="lab.runs", MLFLOW_TRACKING_URI=DOWN)
+        assert res.code == 1, res.stderr
+        assert res.stderr.startswith(f"error: cannot use the MLflow store at {DOWN}: ")
+        assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_reused_run_dir_holds_and_publishes_only_the_latest_runs_files(cli: Cli) -> None:
+    """A fixed ``hydra.run.dir``: what an earlier run left there (metrics, traceback, the
+    receipt or the failure note of its record) must not pass for the next run's."""
+    run_dir = cli.cwd / "outputs" / "run"
+    fast = "tracking.log_model=false"
+    res = cli.train("seed=1", fast, MLFLOW_TRACKING_URI=DOWN)
+    assert res.code == 3, res.stderr
+    res = cli.train("seed=2", fast, "split=kfold", "split.n_splits=60")
+    assert res.code == 1, res.stderr  # the job failed; not pending because of the first run's note
+    assert not (run_dir / "metrics.json").exists()
+    res = cli.train("seed=3", fast)
+    assert res.code == 0, res.stderr
+    assert not (run_dir / "traceback.txt").exists()
+    assert not (run_dir / "tracking.error.txt").exists()
+    res = cli.train("seed=4", fast, MLFLOW_TRACKING_URI=DOWN)
+    assert res.code == 3, res.stderr
+    pending = cli.run("pending", "outputs", module="lab.runs")
+    assert pending.stdout.count("FINISHED") == 1, pending.stdout  # not hidden by the third run's receipt
+
+    res = cli.run("sync", module="lab.runs")
+    assert res.code == 0, res.stderr
+    assert "1 record(s) synced" in res.stdout
+    by_seed = {r.data.params["seed"]: r for r in store_runs(cli.uri)}
+    assert sorted(by_seed) == ["2", "3", "4"]
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    failed, finished = by_seed["2"], by_seed["3"]
+    assert failed.info.status == "FAILED"
+    assert "accuracy" not in failed.data.metrics  # not the first run's
+    assert "metrics.json" not in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    assert finished.info.status == by_seed["4"].info.status == "FINISHED"
+    assert "traceback.txt" not in {a.path for a in client.list_artifacts(finished.info.run_id)}
+    res = cli.run(str(run_dir), module="lab.reproduce")
+    assert res.code == 0, res.stderr
+    assert by_seed["4"].info.run_id in res.stdout  # the dir's own run, not the third's
+
+
+@pytest.mark.slow
+def test_dead_publisher_leaves_the_launch_pending_not_silently_done(cli: Cli) -> None:
+    """The background publisher dies mid-sweep: the launch exits 3 saying so, its records are
+    pending, and `lab.runs sync` completes MLflow. The sweep's record, written by the first
+    job on a forked worker, names the launcher's process and overrides."""
+    task = [*SLOW_JOBS, "tracking.log_model=false"]
+    proc = start(cli, "--multirun", *task, "hydra.launcher.n_jobs=2", "hydra.sweep.dir=outputs/sweep")
+    wait_for_line(proc, "[1/6]")
+    sweep = cli.cwd / "outputs" / "sweep"
+    tags = json.loads((sweep / "tracking.json").read_text())["tags"]
+    assert tags["lab.pid"] == str(proc.pid)
+    assert split_overrides(tags["lab.overrides"]) == task
+    [publisher] = publishers_in(cli.cwd)
+    os.kill(publisher, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    assert f"publisher (pid {publisher}) stopped early (killed by SIGKILL)" in stderr
+    assert "records are pending" in stderr
+    assert not (sweep / ".lab-queue").exists()
+    pending = cli.run("pending", "outputs", module="lab.runs")
+    assert "outputs/sweep\n" in pending.stdout  # the parent was never ended
+    res = cli.run("sync", module="lab.runs")
+    assert res.code == 0, res.stderr
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.params["seed"] for r in kinds(runs, "job")) == [str(s) for s in range(1, 7)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_interrupt_while_the_sweep_ends_leaves_no_run_running(cli: Cli) -> None:
+    proc = start(cli, "--multirun", "seed=1,2", "tracking.log_model=false", "hydra.sweep.dir=outputs/sweep")
+    sweep = cli.cwd / "outputs" / "sweep"
+    deadline = time.monotonic() + 120
+    while not (sweep / "summary.md").exists():  # written first; the plot and the parent's end follow
+        assert time.monotonic() < deadline and proc.poll() is None, "the sweep never reached its end"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "recording the launch's end first" in stderr
+    runs = store_runs(cli.uri)
+    # every job had returned: the sweep's end is recorded as it stood, then the exit is 130
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    assert json.loads((sweep / "tracking.json").read_text())["status"] == "FINISHED"
+    assert (sweep / "report.png").exists()

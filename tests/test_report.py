@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
-from lab.records import JobRecord, join_overrides, split_overrides
+from lab.records import JobRecord, join_overrides, redact_text, split_overrides
 from lab.report import numeric_parameters, use_log_scale
 from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows
 from tests.conftest import Cli
@@ -343,6 +343,20 @@ def test_overrides_tag_splits_back_into_the_same_overrides(overrides: list[str])
 
 def test_overrides_tag_without_shell_quoting_is_split_at_spaces() -> None:
     assert split_overrides("seed=1 model.name='a") == ["seed=1", "model.name='a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("tracking.uri=https://alice:tok@host/x", "tracking.uri=https://***@host/x"),
+        (r"tracking.uri=http\://alice\:tok@127.0.0.1\:5000", r"tracking.uri=http\://***@127.0.0.1\:5000"),
+        ("postgresql+psycopg2://u:p@db/lab and ftp://x@y", "postgresql+psycopg2://***@db/lab and ftp://***@y"),
+        ("sqlite:///dir@1/mlflow.db", "sqlite:///dir@1/mlflow.db"),  # no user info: a path
+        ("seed=1 model.C=0.5 a@b", "seed=1 model.C=0.5 a@b"),
+    ],
+)
+def test_credentials_in_urls_are_redacted_from_text(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted
 
 
 def test_markdown_tables_keep_one_column_count_with_and_without_metrics() -> None:

@@ -143,7 +143,7 @@ class TrackingConfig:
     # or from each job's own process (needed when jobs run on other hosts, e.g. Ray).
     background: bool = True
     # Seconds an HTTP tracking server gets before a job's record is left pending on disk.
-    timeout_s: float = field(default=10.0, metadata=_rule(gt=0))
+    timeout_s: float = field(default=10.0, metadata=_rule(gt=0, le=86400))
 
 
 # --- the whole job ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ Hydra 1.3.8's ``run_job`` copies the whole job config (with its large ``hydra`` 
 ~150 OmegaConf nodes here) five times a job: ``HydraConfig.set_config`` twice (a masked
 copy each), a deep copy for the task's config and another of ``HydraConfig``'s. That was
 the largest cost of a sweep job after the fit itself (py-spy, 200 iris jobs: about a third
-of the launcher's time). :func:`run_job` here is Hydra's function with three changes and
+of the launcher's time). :func:`run_job` here is Hydra's function with four changes and
 nothing else:
 
 - ``HydraConfig`` is set once; the job's ``runtime.output_dir`` is then written into both
@@ -59,6 +59,8 @@ from hydra.core.utils import (
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper
+
+from lab.records import redact_text
 
 __all__ = ["LabLauncher", "freeze_imports", "launch_forked", "run_job"]
 
@@ -255,12 +257,12 @@ class LabLauncher(BasicLauncher):
         if workers > 1:
             log.info(f"Launching {len(jobs)} jobs locally on {workers} forked worker processes")
             for idx, overrides in jobs:
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
             return launch_forked(self, jobs, workers)
         log.info(f"Launching {len(jobs)} jobs locally")
         runs: list[JobReturn] = []
         for idx, overrides in jobs:
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
             runs.append(self.run(idx, overrides))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the launcher's, again
         return runs

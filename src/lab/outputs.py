@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from lab.records import PENDING_NOTE, SYNCED_FILE
+from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE
 from lab.training import TrainResult
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "MODEL_FILE",
     "MTIME_SLACK_S",
     "TRACEBACK_FILE",
+    "clear_earlier_run",
     "job_status",
     "last_written",
     "read_metrics",
@@ -48,6 +49,15 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when 
 # What an earlier launch left in a re-used dir is older by more, since a launch spends
 # over a second importing before its first job.
 MTIME_SLACK_S = 0.5
+
+
+def clear_earlier_run(job_dir: Path) -> None:
+    """At a job's start, remove what an earlier run left in its dir (a fixed
+    ``hydra.run.dir``, a re-used ``hydra.sweep.dir``): its metrics, model, traceback and
+    tracking files would otherwise pass for this job's (a failed job with the earlier
+    accuracy, a finished one logging the earlier traceback). Hydra's files and the log stay."""
+    for name in (METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, RECORD_FILE, SYNCED_FILE, PENDING_NOTE):
+        (job_dir / name).unlink(missing_ok=True)
 
 
 def write_result(result: TrainResult, job_dir: Path) -> None:

@@ -35,18 +35,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from lab.records import HYDRA_FILES, PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, write_json
+from lab.records import HYDRA_FILES, PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, redact_text, write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Publisher", "configure_client_env", "note_pending", "redact", "resolve_uri"]
+__all__ = ["Publisher", "configure_client_env", "error_line", "note_pending", "redact", "resolve_uri"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lab"
 SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
-# MLflow's limits: 100 params and 1000 metrics per batch, 6000 characters per param value.
-PARAM_BATCH, METRIC_BATCH, PARAM_VALUE_MAX = 100, 1000, 6000
+# MLflow's limits: 100 params and tags (and 1000 metrics) per batch, 6000 characters per
+# param value. Each batch takes up to 100 of each.
+PARAM_BATCH, PARAM_VALUE_MAX = 100, 6000
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -140,6 +141,9 @@ class Publisher:
         self._sent_tags: dict[str, dict[str, str]] = {}  # job uid -> the tags its run was created with
         self._finished: set[str] = set()  # job uids whose final record this publisher wrote
         self._repos: dict[str, Any] = {}  # run id -> its artifact repository
+        # job uids whose create_run raised: the store may hold the run all the same (a
+        # reply lost to a time-out), so it is looked up before another is made
+        self._uncertain: set[str] = set()
 
     # --- experiments and run lookup ----------------------------------------------------
 
@@ -173,7 +177,9 @@ class Publisher:
             exp = self.experiment_id(sweep.experiment)
             run_id = self.find_run(exp, "lab.sweep_uid", sweep.uid, kind="sweep")
             if run_id is None:
-                run = self.client.create_run(exp, start_time=sweep.start_time, tags=sweep.tags, run_name=sweep.run_name)
+                run = self.client.create_run(
+                    exp, start_time=sweep.start_time, tags=_clean(sweep.tags), run_name=sweep.run_name
+                )
                 run_id = run.info.run_id
                 self._remember_repo(run_id, run.info.artifact_uri)
                 self._log_batch(run_id, sweep.params, {}, time_ms=sweep.start_time)
@@ -186,7 +192,7 @@ class Publisher:
         self._log_batch(run_id, {}, sweep.metrics, time_ms=sweep.end_time or _now_ms(), tags=sweep.tags)
         self._log_artifacts(run_id, sweep)
         self.client.set_terminated(run_id, status=sweep.status, end_time=sweep.end_time)
-        write_json(Path(sweep.job_dir) / SYNCED_FILE, self._synced(run_id, sweep))
+        self._receipt(run_id, sweep)
         return run_id
 
     # --- job runs ----------------------------------------------------------------------
@@ -203,13 +209,15 @@ class Publisher:
             return self._runs[record.uid]
         exp = self.experiment_id(record.experiment)
         run_id = self._runs.get(record.uid)
-        if run_id is None and search:
+        if run_id is None and (search or record.uid in self._uncertain):
             run_id = self.find_run(exp, "lab.job_uid", record.uid, kind="job")
         tags = dict(record.tags)
         if sweep is not None:
             tags["mlflow.parentRunId"] = self.parent_run(sweep)
         if run_id is None:
-            run = self.client.create_run(exp, start_time=record.start_time, tags=tags, run_name=record.run_name)
+            self._uncertain.add(record.uid)
+            run = self.client.create_run(exp, start_time=record.start_time, tags=_clean(tags), run_name=record.run_name)
+            self._uncertain.discard(record.uid)
             run_id = run.info.run_id
             self._runs[record.uid] = run_id
             self._sent_tags[record.uid] = tags
@@ -229,17 +237,23 @@ class Publisher:
         self._log_batch(run_id, params, record.metrics, time_ms=record.end_time or _now_ms(), tags=new_tags)
         self._log_artifacts(run_id, record)
         self.client.set_terminated(run_id, status=record.status, end_time=record.end_time)
-        write_json(Path(record.job_dir) / SYNCED_FILE, self._synced(run_id, record))
+        self._receipt(run_id, record)
         self._finished.add(record.uid)
         return run_id
 
-    def _synced(self, run_id: str, record: JobRecord) -> dict[str, Any]:
-        return {
+    def _receipt(self, run_id: str, record: JobRecord) -> None:
+        """Write the record's receipt, ``tracking.synced.json``; a note that an earlier
+        attempt failed (``tracking.error.txt``) is no longer true."""
+        job_dir = Path(record.job_dir)
+        receipt = {
+            "uid": record.uid,
             "run_id": run_id,
             "experiment_id": self.experiment_id(record.experiment),
             "tracking_uri": redact(self.uri),
             "status": record.status,
         }
+        write_json(job_dir / SYNCED_FILE, receipt)
+        (job_dir / PENDING_NOTE).unlink(missing_ok=True)
 
     def _log_batch(
         self,
@@ -252,7 +266,7 @@ class Publisher:
         """As few ``log_batch`` calls as MLflow's limits allow (one for a lab job)."""
         from mlflow.entities import Metric, Param
 
-        plist = [Param(k, v[:PARAM_VALUE_MAX]) for k, v in params.items()]
+        plist = [Param(k, v[:PARAM_VALUE_MAX]) for k, v in _clean(params).items()]
         mlist = [Metric(k, float(v), time_ms, 0) for k, v in metrics.items()]
         tlist = _tags(tags or {})
         for i in range(0, max(len(plist), len(mlist), len(tlist), 1), PARAM_BATCH):
@@ -278,16 +292,23 @@ class Publisher:
             repo.log_artifact(local_path, artifact_path)
 
     def _log_artifacts(self, run_id: str, record: JobRecord) -> None:
+        """The record's files; text files (the ``.hydra/`` configs, summaries, logs) with any
+        credentials in URLs redacted (:func:`~lab.records.redact_text`): a ``tracking.uri``
+        override with a token must not reach the store in ``config.yaml``."""
+        import tempfile
+
         job_dir = Path(record.job_dir)
         subdir = record.output_subdir
         hydra_files = set() if subdir is None else {f"{subdir}/{name}" for name in HYDRA_FILES}
-        for rel in record.artifacts:
-            path = job_dir / rel
-            if path.exists():
-                parent = str(Path(rel).parent)
-                if rel in hydra_files:
-                    parent = ".hydra"  # wherever hydra.output_subdir put them locally
-                self._log_artifact(run_id, str(path), None if parent == "." else parent)
+        with tempfile.TemporaryDirectory(prefix="lab-redacted-") as tmp:
+            for rel in record.artifacts:
+                path = job_dir / rel
+                if path.exists():
+                    parent = str(Path(rel).parent)
+                    if rel in hydra_files:
+                        parent = ".hydra"  # wherever hydra.output_subdir put them locally
+                    path = _redacted(path, Path(tmp) / rel)
+                    self._log_artifact(run_id, str(path), None if parent == "." else parent)
         if record.model and (job_dir / record.model).exists():
             self._log_model(run_id, job_dir / record.model)
 
@@ -376,10 +397,32 @@ def write_model_dir(pickled: Path, dest: Path) -> None:
         (dest / name).write_text(text)
 
 
+TEXT_SUFFIXES = (".yaml", ".md", ".csv", ".json", ".txt", ".log")
+
+
+def _redacted(path: Path, copy: Path) -> Path:
+    """``path``, or when it is a text file that holds credentials in a URL, a redacted
+    copy of it written to ``copy`` (same name)."""
+    if path.suffix not in TEXT_SUFFIXES:
+        return path
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    clean = redact_text(text)
+    if clean == text:
+        return path
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(clean, encoding="utf-8", errors="surrogateescape")
+    return copy
+
+
 def _tags(tags: dict[str, str]) -> list[Any]:
     from mlflow.entities import RunTag
 
-    return [RunTag(k, v) for k, v in tags.items()]
+    return [RunTag(k, v) for k, v in _clean(tags).items()]
+
+
+def _clean(values: dict[str, str]) -> dict[str, str]:
+    """Tag or param values with credentials in URLs redacted (an error message, an override)."""
+    return {k: redact_text(v) for k, v in values.items()}
 
 
 def _now_ms() -> int:
@@ -413,7 +456,7 @@ class _Session:
             try:
                 self.publisher = Publisher(self.uri)
             except Exception as exc:  # noqa: BLE001 - an unreachable store leaves every record pending
-                self.broken = _reason(exc)
+                self.broken = error_line(exc)
                 self._report(f"tracking to {redact(self.uri)} failed ({self.broken[:300]})")
         return None if self.broken else self.publisher
 
@@ -438,7 +481,7 @@ class _Session:
             self.failures = 0
         except Exception as exc:  # noqa: BLE001
             self.failures += 1
-            reason = _reason(exc)
+            reason = error_line(exc)
             note_pending(record, reason)
             if self.failures >= 2:
                 self.broken = reason
@@ -483,7 +526,7 @@ class _Session:
             self.publish_job(fresh)
 
 
-def _reason(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """One line: the exception type and the most telling part of its message."""
     text = " ".join(str(exc).split())
     if "Caused by" in text:  # urllib3 buries "Connection refused" at the end

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import time
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ __all__ = [
     "find_records",
     "join_overrides",
     "read_json",
+    "redact_text",
     "split_overrides",
     "write_json",
 ]
@@ -41,12 +43,24 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in hydra.output_subdir
 
 
+# the user-info part of any URL: scheme://user:secret@host (in a job's overrides, Hydra's
+# sweeper escapes the colons: scheme\://user\:secret@host)
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*\\?://)[^/\s@'\"]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced: ``https://user:token@host``
+    becomes ``https://***@host``. For overrides, config files and summaries that leave
+    the machine (tags, artifacts); see also :func:`lab.publishing.redact`."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 def join_overrides(overrides: Iterable[str]) -> str:
     """The ``lab.overrides`` tag: the overrides shell-quoted where needed (``shlex.join``).
     ``seed=1 model.C=0.5`` reads as typed; a value with a space or a shell character is
     quoted (``'data.name=a b'``), so the tag splits back into the same overrides and pastes
-    into a shell as the same arguments."""
-    return shlex.join(overrides)
+    into a shell as the same arguments. Credentials in a URL are redacted."""
+    return redact_text(shlex.join(overrides))
 
 
 def split_overrides(tag: str) -> list[str]:
@@ -92,6 +106,22 @@ class JobRecord:
     @classmethod
     def load(cls, job_dir: str | Path) -> JobRecord:
         return cls(**read_json(Path(job_dir) / RECORD_FILE))
+
+    def receipt(self) -> dict[str, Any] | None:
+        """This record's receipt (``tracking.synced.json``: its run id and the status MLflow
+        holds), or None: not published yet, or the receipt is an earlier run's, left in a
+        re-used dir (receipts name their record's uid; older ones, without it, count)."""
+        path = Path(self.job_dir) / SYNCED_FILE
+        if not path.exists():
+            return None
+        receipt: dict[str, Any] = read_json(path)
+        return receipt if receipt.get("uid", self.uid) == self.uid else None
+
+    @property
+    def synced(self) -> bool:
+        """MLflow holds this record as it is now."""
+        receipt = self.receipt()
+        return receipt is not None and receipt.get("status") == self.status
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -12,8 +12,9 @@ environment and the Python and scikit-learn versions (tags written by
 
 Exit status: 0 when every quality metric is bit-identical (``timing.*`` metrics are
 excluded: they differ by nature); 1 when a metric differs or the job fails now; 2 for a
-bad argument or a logged config that no longer validates; 3 when the job was reproduced
-but its new run could not be published (its record stays pending in ``tracking.json``).
+bad argument, an original that cannot be read (its store down or missing) or a logged
+config that no longer validates; 3 when the job was reproduced but its new run could not
+be published (its record stays pending in ``tracking.json``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import (
     Publisher,
     configure_client_env,
+    error_line,
     note_pending,
     redact,
     resolve_experiment,
@@ -98,8 +100,10 @@ class Original:
         The original MLflow run; ``run_id`` is None when there is no such run.
     identity
         What the new run's ``lab.reproduces`` tag names: the run id, else the outputs dir.
-    publisher
+    uri
         Where the new run goes: the original's store, or None when nothing is published.
+    store
+        That store, when it is open already (the original run was read from it).
     """
 
     description: str
@@ -112,7 +116,8 @@ class Original:
     run_name: str | None = None
     experiment: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    publisher: Publisher | None = None
+    uri: str | None = None
+    store: Publisher | None = None
 
 
 @dataclass
@@ -210,8 +215,10 @@ def _from_outputs_dir(job_dir: Path) -> Original:
     text = config_file.read_text()
     job_config, config = load_config(text, str(job_dir))
     synced = job_dir / SYNCED_FILE
-    if synced.exists():
-        run_id = str(read_json(synced)["run_id"])
+    # the receipt of the record in the dir, not one an earlier run left there
+    receipt = JobRecord.load(job_dir).receipt() if (job_dir / RECORD_FILE).exists() else None
+    if receipt is not None:
+        run_id = str(receipt["run_id"])
         uri = resolve_uri(config.tracking.uri)
         publisher = _open_store(uri)
         run = _get_run(publisher, run_id, f"run {run_id} (from {synced}) is not in {redact(uri)}")
@@ -220,7 +227,8 @@ def _from_outputs_dir(job_dir: Path) -> Original:
     if data is None:
         raise fail(f"error: {job_dir} has no {outputs.METRICS_FILE} to compare with; the job did not finish")
     why = "its MLflow record is pending" if (job_dir / RECORD_FILE).exists() else "it was not tracked"
-    destination = Publisher(resolve_uri(config.tracking.uri)) if config.tracking.enabled else None
+    # The store is opened only to publish the new run: one that is down leaves it pending.
+    destination = resolve_uri(config.tracking.uri) if config.tracking.enabled else None
     return Original(
         description=f"{job_dir} (no original run: {why}; comparing with its {outputs.METRICS_FILE})",
         config_text=text,
@@ -229,7 +237,7 @@ def _from_outputs_dir(job_dir: Path) -> Original:
         metrics=quality_metrics(data.get("metrics", {})),
         identity=str(job_dir.resolve()),
         experiment=resolve_experiment(config.tracking.experiment),
-        publisher=destination,
+        uri=destination,
     )
 
 
@@ -250,7 +258,8 @@ def _from_run(
         run_name=run.info.run_name,
         experiment=publisher.client.get_experiment(run.info.experiment_id).name,
         tags=dict(run.data.tags),
-        publisher=publisher,
+        uri=publisher.uri,
+        store=publisher,
     )
 
 
@@ -258,7 +267,10 @@ def _open_store(uri: str) -> Publisher:
     """A publisher on an existing store: a missing sqlite file is an error, not a new store."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise fail(f"error: no MLflow store at {redact(uri)}; set MLFLOW_TRACKING_URI to the original's store")
-    return Publisher(uri)
+    try:
+        return Publisher(uri)
+    except Exception as exc:  # noqa: BLE001 - down, refused, bad credentials: one line, exit 2
+        raise fail(f"error: cannot open the MLflow store at {redact(uri)}: {error_line(exc)[:300]}") from None
 
 
 def _get_run(publisher: Publisher, run_id: str, not_found: str) -> Any:
@@ -339,7 +351,7 @@ def rerun(original: Original) -> Reproduction:
     else:
         outputs.write_result(result, job_dir)
     reproduction = Reproduction(job_dir, dict(result.metrics) if result else {}, error)
-    if original.publisher is not None:
+    if original.uri is not None:
         _publish(original, reproduction, result, start_time)
     return reproduction
 
@@ -357,8 +369,7 @@ def _new_job_dir() -> Path:
 
 
 def _publish(original: Original, reproduction: Reproduction, result: TrainResult | None, start_time: int) -> None:
-    assert original.publisher is not None
-    publisher = original.publisher
+    assert original.uri is not None
     uid = f"reproduction-{uuid.uuid4().hex[:16]}"
     tags = {
         **environment_tags(),
@@ -377,7 +388,7 @@ def _publish(original: Original, reproduction: Reproduction, result: TrainResult
         job_dir=str(reproduction.job_dir),
         run_name=f"reproduce-{original.run_name or Path(original.identity).name}",
         experiment=original.experiment or resolve_experiment(None),
-        tracking_uri=redact(publisher.uri),
+        tracking_uri=redact(original.uri),
         status="FINISHED" if reproduction.error is None else "FAILED",
         start_time=start_time,
         end_time=_now_ms(),
@@ -397,10 +408,9 @@ def _publish(original: Original, reproduction: Reproduction, result: TrainResult
         record.model = outputs.MODEL_FILE
     record.save()
     try:
-        reproduction.run_id = publisher.publish(record)
+        reproduction.run_id = (original.store or Publisher(original.uri)).publish(record)
     except Exception as exc:  # noqa: BLE001 - the result is on disk; the record stays pending
-        text = str(exc).strip()
-        reproduction.publish_error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        reproduction.publish_error = error_line(exc)
         note_pending(record, reproduction.publish_error)
 
 
@@ -453,7 +463,7 @@ def report(original: Original, reproduction: Reproduction) -> int:
         print(f"new run {reproduction.run_id} tagged lab.reproduces={original.identity} ({reproduction.job_dir})")
     elif reproduction.publish_error is not None:
         print(
-            f"lab: publishing the new run to {redact(original.publisher.uri if original.publisher else '')} "
+            f"lab: publishing the new run to {redact(original.uri or '')} "
             f"failed ({reproduction.publish_error[:300]}); its record stays pending in "
             f"{reproduction.job_dir / RECORD_FILE}; upload it with `python -m lab.runs sync`",
             file=sys.stderr,

@@ -11,6 +11,9 @@
     on disk in the same state are ended too, so a later ``sync`` agrees.
 ``pending``
     List the job dirs whose records have not reached MLflow.
+
+Exit status: 0; 1 when a record failed to sync or the store cannot be used (one line
+saying why); 2 for a bad argument.
 """
 
 from __future__ import annotations
@@ -25,24 +28,19 @@ from pathlib import Path
 from lab.publishing import (
     Publisher,
     configure_client_env,
+    error_line,
     quiet_mlflow_logging,
     redact,
     resolve_uri,
 )
-from lab.records import PENDING_NOTE, SYNCED_FILE, JobRecord, find_records, read_json
+from lab.records import PENDING_NOTE, JobRecord, find_records
 
 __all__ = ["main", "pending_records", "reap", "sync"]
 
 
 def pending_records(root: Path) -> list[JobRecord]:
     """Records under ``root`` whose MLflow run is missing or behind the record."""
-    pending = []
-    for job_dir in find_records(root):
-        record = JobRecord.load(job_dir)
-        synced = job_dir / SYNCED_FILE
-        if not synced.exists() or read_json(synced).get("status") != record.status:
-            pending.append(record)
-    return pending
+    return [record for record in map(JobRecord.load, find_records(root)) if not record.synced]
 
 
 def sync(root: Path, uri: str) -> tuple[int, int]:
@@ -131,11 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     configure_client_env(args.timeout)
     quiet_mlflow_logging()
     uri = resolve_uri(args.tracking_uri)
-    if args.command == "sync":
-        published, failed = sync(args.root, uri)
-        print(f"lab: {published} record(s) synced to {redact(uri)}, {failed} failed")
-        sys.exit(1 if failed else 0)
-    ended = reap(args.root, uri)
+    try:
+        if args.command == "sync":
+            published, failed = sync(args.root, uri)
+            print(f"lab: {published} record(s) synced to {redact(uri)}, {failed} failed")
+            sys.exit(1 if failed else 0)
+        ended = reap(args.root, uri)
+    except Exception as exc:  # noqa: BLE001 - the store is down or refuses us: one line, not a traceback
+        print(f"error: cannot use the MLflow store at {redact(uri)}: {error_line(exc)[:300]}", file=sys.stderr)
+        sys.exit(1)
     print(f"lab: {ended} abandoned run(s) marked FAILED in {redact(uri)}")
 
 

@@ -18,7 +18,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
 from lab.config import ConfigError
-from lab.validation import check_job, describe, fail
+from lab.validation import check_job, describe, fail, hydra_config
 
 __all__ = ["run_sweep"]
 
@@ -33,12 +33,13 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
     batches = sweeper.split_arguments(overrides, sweeper.max_batch_size)
 
-    for batch in batches:
-        for job in batch:
-            try:
-                check_job(loader.load_sweep_config(sweeper.config, list(job)))
-            except ConfigError as exc:
-                raise fail(f"{describe(exc)} (in sweep job: {' '.join(job)})") from None
+    with hydra_config(sweeper.config):
+        for batch in batches:
+            for job in batch:
+                try:
+                    check_job(loader.load_sweep_config(sweeper.config, list(job)))
+                except ConfigError as exc:
+                    raise fail(f"{describe(exc)} (in sweep job: {' '.join(job)})") from None
     n_jobs = sum(len(b) for b in batches)
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from lab import outputs
 from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
-from lab.publishing import configure_client_env, redact, resolve_experiment, resolve_uri
+from lab.publishing import configure_client_env, error_line, note_pending, redact, resolve_experiment, resolve_uri
 from lab.records import (
     HYDRA_FILES,
     PENDING_NOTE,
@@ -49,6 +51,7 @@ from lab.records import (
     enqueue,
     join_overrides,
     read_json,
+    redact_text,
 )
 from lab.summary import JobRow, Summary, jobs, summarize_sweep
 
@@ -95,6 +98,37 @@ def job_params(job_config: DictConfig) -> dict[str, str]:
     return params
 
 
+def _record_uid(job_dir: Path) -> str | None:
+    """The uid of the record in ``job_dir``, if it holds a readable one."""
+    try:
+        return str(read_json(job_dir / RECORD_FILE)["uid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _launch_errors(config: DictConfig) -> Iterator[None]:
+    """Around the launch's start: an error there (a setting that does not resolve, a bad
+    value) exits 2 in one line; Hydra would only warn, and the launch would run untracked.
+    ``${hydra:...}`` in a tracking setting resolves as it does in a job."""
+    from lab.validation import UsageError, describe, fail, hydra_config
+
+    try:
+        with hydra_config(config):
+            yield
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise fail(describe(exc) or f"error: tracking: {error_line(exc)}") from None
+
+
+def _drop_receipt(job_dir: Path) -> None:
+    """Before a new record goes into a re-used dir: the receipt and the failure note there
+    are an earlier run's, and would pass for the new record's."""
+    for stale in (SYNCED_FILE, PENDING_NOTE):
+        (job_dir / stale).unlink(missing_ok=True)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -112,6 +146,10 @@ class _Launch:
     sweep_dir: str | None = None
     n_jobs: int | None = None
     parent_run_id: str | None = None  # set up front only when jobs publish themselves
+    # the launch's own overrides and process, for the sweep's record (which a job may write)
+    overrides: list[str] = field(default_factory=list)
+    host: str = ""
+    pid: int = 0
     # MLFLOW_* of the launching process (URI, credentials, HTTP time-outs): a job on a Ray
     # or SLURM worker does not inherit that environment, so on_job_start applies it.
     client_env: dict[str, str] | None = None
@@ -127,6 +165,8 @@ class TrackingCallback(Callback):
         self._done = False
         self._signal: int | None = None
         self._sweep_saved = False  # this process has seen the sweep's record written
+        self._ending = False  # _finish is recording the launch's end: signals wait
+        self._publisher_reported = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Jobs get a pickled copy: only the launch facts travel, not the publisher process.
@@ -137,6 +177,8 @@ class TrackingCallback(Callback):
             "_done": True,
             "_signal": None,
             "_sweep_saved": False,
+            "_ending": False,
+            "_publisher_reported": False,
         }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -144,6 +186,12 @@ class TrackingCallback(Callback):
         # A second signal while we are already unwinding exits at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if self._ending:
+            # Every job has returned and the launch's end is being recorded (summary, plot,
+            # parent run; about a second): cut off, it would leave the parent RUNNING and
+            # modules half-imported. _finish raises once it is done.
+            print("lab: interrupted; recording the launch's end first (again to stop at once)", file=sys.stderr)
+            return
         # Stop jobs in worker processes too (a `kill` reaches only us; joblib would let
         # running jobs finish): they end KILLED. The publisher is spared, to record it.
         spare = self._publisher_proc.pid if self._publisher_proc else None
@@ -176,6 +224,9 @@ class TrackingCallback(Callback):
             env_tags=environment_tags() if tracking.enabled else {},
             background=bool(tracking.background),
             sweep_dir=sweep_dir,
+            overrides=list(config.hydra.overrides.task),
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
         atexit.register(self._at_exit)
         if not (tracking.enabled and tracking.background):
@@ -203,11 +254,13 @@ class TrackingCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
-        self._start(config, None)
+        with _launch_errors(config):
+            self._start(config, None)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
-        self._start(config, _pin_sweep_dir(config))
+        with _launch_errors(config):
+            self._start(config, _pin_sweep_dir(config))
         study = _optuna_sweeper(config)
         # Optuna's sweeper never calls on_sweep_validated; it runs n_trials jobs, except
         # that a grid sampler stops early at the grid's size, which is not known here.
@@ -225,8 +278,8 @@ class TrackingCallback(Callback):
             self.launch.parent_run_id = Publisher(self.launch.uri).parent_run(self._sweep_record(config))
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish(None)
         job_return: JobReturn = kwargs["job_return"]
+        self._finish(None, job_failed=job_return.status != JobStatus.COMPLETED)
         if job_return.status == JobStatus.COMPLETED and self._enabled(config):
             synced = Path(config.hydra.runtime.output_dir) / SYNCED_FILE
             if synced.exists():
@@ -241,7 +294,6 @@ class TrackingCallback(Callback):
     def _sweep_record(self, config: DictConfig) -> JobRecord:
         assert self.launch is not None
         assert self.launch.sweep_dir is not None
-        overrides = list(config.hydra.overrides.task)
         return JobRecord(
             uid=self.launch.uid,
             job_dir=self.launch.sweep_dir,
@@ -254,23 +306,37 @@ class TrackingCallback(Callback):
             tags={
                 **self.launch.env_tags,
                 "lab.sweep_uid": self.launch.uid,
-                "lab.overrides": join_overrides(overrides),
+                "lab.overrides": join_overrides(self.launch.overrides),
                 "lab.output_dir": self.launch.sweep_dir,
                 "lab.kind": "sweep",
-                "lab.host": socket.gethostname(),
-                "lab.pid": str(os.getpid()),
+                "lab.host": self.launch.host,
+                "lab.pid": str(self.launch.pid),
             },
         )
 
-    def _finish(self, status: str | None) -> None:
+    def _finish(self, status: str | None, job_failed: bool = False) -> None:
         """End this launch exactly once: on normal return (status None: derived from the jobs)
-        or from atexit after an interrupt (KILLED). Waits for the publisher, so the MLflow
-        store is complete when the command returns."""
+        or from atexit (KILLED after a signal, FAILED when the launcher itself raised).
+        Waits for the publisher, so the MLflow store is complete when the command returns.
+
+        A first signal during this is deferred (:meth:`_on_signal`): the end is recorded as
+        it stands, then the interrupt goes on unwinding (exit 130/143). ``job_failed``: a
+        single run's job raised, so Hydra exits 1 after this.
+        """
         if self._done or self.launch is None:
             return
         self._done = True
+        self._ending = True
+        try:
+            self._end(status, job_failed)
+        finally:
+            self._ending = False
+            if status is None and self._signal is not None:
+                raise Interrupted(self._signal)
+
+    def _end(self, status: str | None, job_failed: bool) -> None:
         config = self._config
-        assert config is not None
+        assert config is not None and self.launch is not None
         if status is not None:
             # No worker may start or end a job once we decide what the open ones became.
             _stop_workers(spare=self._publisher_proc.pid if self._publisher_proc else None)
@@ -281,24 +347,60 @@ class TrackingCallback(Callback):
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)
-        if self._publisher_proc is not None:
-            assert self._publisher_proc.stdin is not None
-            self._publisher_proc.stdin.close()
-            self._publisher_proc.wait()
+        self._wait_for_publisher()
         if status is not None:
             return  # from atexit: the interrupt or the launcher's own error sets the exit code
         if summary is not None and summary.failed:
             failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {jobs(len(summary.rows))} failed:{failed}", file=sys.stderr)
             raise SystemExit(1)
-        pending = [d for d in ours if (d / PENDING_NOTE).exists()]
+        pending = self._pending(ours) if self._enabled(config) else []
         if pending:
             print(
-                f"lab: {len(pending)} job(s) trained but their MLflow records are pending "
-                "(see tracking.error.txt in each job dir); upload them with `python -m lab.runs sync`",
+                f"lab: {len(pending)} of this launch's MLflow records are pending (see tracking.error.txt "
+                f"in {', '.join(str(p) for p in pending[:3])}{' …' if len(pending) > 3 else ''}); "
+                "upload them with `python -m lab.runs sync`",
                 file=sys.stderr,
             )
-            raise SystemExit(PENDING_EXIT)
+            if not job_failed:  # else Hydra exits 1 for the job, which says more
+                raise SystemExit(PENDING_EXIT)
+
+    def _wait_for_publisher(self) -> None:
+        """Let the background publisher drain, and say so if it died doing it."""
+        proc = self._publisher_proc
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        code = proc.wait()
+        if code not in (0, PENDING_EXIT) and not self._publisher_reported:
+            self._publisher_reported = True
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            print(f"lab: the MLflow publisher (pid {proc.pid}) stopped early ({how})", file=sys.stderr)
+            if self._config is not None:
+                # What it did not publish is found pending by its receipts (_pending); the
+                # events it left would make the next publisher in this dir publish them twice.
+                shutil.rmtree(self._queue_dir(self._config), ignore_errors=True)
+
+    def _pending(self, ours: list[Path]) -> list[Path]:
+        """This launch's job dirs, and its sweep dir, whose MLflow run is behind their record:
+        after a failed attempt (``tracking.error.txt``), or none at all (a publisher that died)."""
+        assert self.launch is not None
+        dirs = list(ours)
+        if self.launch.sweep_dir and _record_uid(Path(self.launch.sweep_dir)) == self.launch.uid:
+            dirs.append(Path(self.launch.sweep_dir))
+        pending = []
+        for job_dir in dirs:
+            if (job_dir / PENDING_NOTE).exists():
+                pending.append(job_dir)
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                record = JobRecord.load(job_dir)
+                if not record.synced:
+                    note_pending(record, "the publisher ended before it published this record")
+                    pending.append(job_dir)
+        return pending
 
     def _job_dirs(self, config: DictConfig, bare: bool = False) -> list[Path]:
         """This launch's job dirs (see :func:`lab.summary.job_dirs` for ``bare``)."""
@@ -328,6 +430,7 @@ class TrackingCallback(Callback):
             # Stopped in the few ms between Hydra creating its dir and on_job_start: the
             # record that would have been written.
             record = self._record_from_dir(job_dir, start_time=int(changed * 1000))
+            _drop_receipt(job_dir)
             self._save_sweep_record(record, self._config)
         elif record.finished:
             return
@@ -465,9 +568,10 @@ class TrackingCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.launch is not None and self.launch.client_env:
             os.environ.update(self.launch.client_env)  # before anything resolves ${oc.env:MLFLOW_...}
+        job_dir = Path(config.hydra.runtime.output_dir)
+        outputs.clear_earlier_run(job_dir)
         if self.launch is None or not self._enabled(config):
             return
-        job_dir = Path(config.hydra.runtime.output_dir)
         record = self._job_record(config, job_dir, _now_ms(), pid=os.getpid())
         self._save_sweep_record(record, config)
         record.save()
@@ -479,8 +583,9 @@ class TrackingCallback(Callback):
         assert self.launch is not None
         if record.parent_dir is None or self._sweep_saved:
             return
-        path = Path(record.parent_dir) / RECORD_FILE
-        if not path.exists() or read_json(path).get("uid") != self.launch.uid:
+        sweep_dir = Path(record.parent_dir)
+        if _record_uid(sweep_dir) != self.launch.uid:
+            _drop_receipt(sweep_dir)
             self._sweep_record(config).save()
         self._sweep_saved = True
 
@@ -564,7 +669,7 @@ class TrackingCallback(Callback):
                 print(f"lab: traceback in {job_dir / outputs.TRACEBACK_FILE}", file=sys.stderr)
             return
         total = f"/{self.launch.n_jobs}" if self.launch and self.launch.n_jobs else ""
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = redact_text(" ".join(config.hydra.overrides.task))
         if error is not None:
             line = f"[{num + 1}{total}] FAILED {overrides} → {error}"
         else:
@@ -586,7 +691,7 @@ class TrackingCallback(Callback):
         self._publish_inline(lambda p: p.publish(record, sweep, search=True), record)
 
     def _publish_inline(self, action: Any, record: JobRecord) -> None:
-        from lab.publishing import Publisher, note_pending
+        from lab.publishing import Publisher
 
         assert self.launch is not None
         try:

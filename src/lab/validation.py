@@ -10,19 +10,21 @@ option, bad type, malformed override, broken YAML) are turned into the same shor
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.publishing import check_uri, resolve_uri
 
-__all__ = ["UsageError", "ValidationCallback", "check_job", "describe"]
+__all__ = ["UsageError", "ValidationCallback", "check_job", "describe", "hydra_config"]
 
 USAGE_EXIT = 2
 
@@ -78,6 +80,8 @@ def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
     first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     if "not in" in first and "Key" in first:
         allowed = _fields_of(getattr(exc, "object_type", None))
+        if key.rpartition(".")[2] in allowed.split(", "):  # a schema field, deleted with ~key
+            return f"error: {key}: required; it cannot be deleted (~{key})"
         return f"error: {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
     where = f"{key}: " if key else (_first_lines(context) + ": " if context else "")
     return f"error: {where}{first}"
@@ -100,11 +104,33 @@ def fail(message: str) -> UsageError:
     return UsageError(message)
 
 
+@contextlib.contextmanager
+def hydra_config(config: DictConfig) -> Iterator[None]:
+    """``HydraConfig`` set from ``config`` for the while, unless Hydra has set it already.
+
+    Hydra sets it only when a job runs; before that (a single run's ``on_run_start``, a
+    sweep's validation, the launch's tracking set-up), ``${hydra:runtime.cwd}`` in a
+    setting would not resolve there although it does in the job.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    holder = HydraConfig.instance()
+    borrowed = holder.cfg is None
+    if borrowed:
+        holder.cfg = OmegaConf.masked_copy(config, "hydra")  # type: ignore[assignment]  # as Hydra stores it
+    try:
+        yield
+    finally:
+        if borrowed:
+            holder.cfg = None
+
+
 class ValidationCallback(Callback):
     """Checks a single run's config before Hydra creates its run dir."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            check_job(config)
-        except ConfigError as exc:
-            raise fail(describe(exc) or str(exc)) from None
+            with hydra_config(config):
+                check_job(config)
+        except Exception as exc:  # noqa: BLE001 - Hydra would only warn, and run the job anyway
+            raise fail(describe(exc) or f"error: {type(exc).__name__}: {_first_lines(str(exc))}") from None
