@@ -40,6 +40,10 @@ CASES = [
     (["model=random_forest", "model.max_depth=0"], "model.max_depth=0: an integer >= 1"),
     (["split=kfold", "split.n_splits=1"], "split.n_splits=1: an integer >= 2"),
     (["tracking.timeout_s=0"], "tracking.timeout_s=0.0: a number > 0"),
+    (["tracking.timeout_s=inf"], "tracking.timeout_s=inf: a number > 0 and <= 86400"),
+    (["~seed"], "seed: required; it cannot be deleted (~seed)"),
+    (["model.C=${nosuch}"], "model.C: Interpolation key 'nosuch' not found"),
+    (["data=null"], "Config group override must be a string or a list"),
     (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
     (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
     (["model.C=("], "malformed override: Error parsing override 'model.C=('"),
@@ -50,6 +54,9 @@ CASES = [
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
+    (["--multirun", "model.C=interval(0,1)"], "does not support sweep type : INTERVAL_SWEEP"),
+    (["--multirun", "search=optuna", "split.test_size=2"], "split.test_size=2.0: a number > 0 and < 1"),
+    (["--multirun", "search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: an integer >= 1"),
 ]
 
 

@@ -37,6 +37,7 @@ SWEEPS = [
     (["tracking.uri=null,sqlite:///x.db"], True),
     (["model.C=choice(0.1,1)", "model.solver=lbfgs,saga"], True),
     (["++seed=5,6"], False),  # force-add: structure, composed every time
+    (["seed=1,2", "++seed=5"], False),  # a key both swept and force-added: in Hydra's order
     (["~seed", "model.C=0.1,1"], True),  # the deletion is structure, model.C a leaf
     (["hydra.job.chdir=false", "seed=1,2"], True),  # hydra.* keys are structure
 ]

@@ -346,9 +346,16 @@ def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(cli: C
     pending = cli.run("pending", "outputs", module="lab.runs")
     assert pending.stdout.count("FINISHED") == 3  # two jobs and the sweep
 
+    # The records are for http://127.0.0.1:9: sent elsewhere only when asked to, since a
+    # receipt from the wrong store would keep them from ever reaching their own.
+    res = cli.run("sync", module="lab.runs")
+    assert res.code == 1, res.stderr
+    assert res.stderr.count("its record is for http://127.0.0.1:9, not sqlite:///") == 3
+    assert "0 record(s) synced" in res.stdout
+    assert not list(sweep.rglob("tracking.synced.json"))
     with mlflow_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts", tmp_path / "server.log") as url:
         for attempt in range(2):
-            res = cli.run("sync", module="lab.runs", MLFLOW_TRACKING_URI=url)
+            res = cli.run("sync", "--force", module="lab.runs", MLFLOW_TRACKING_URI=url)
             assert res.code == 0, res.stderr
             assert f"{3 if attempt == 0 else 0} record(s) synced" in res.stdout
         runs = store_runs(url)
@@ -473,7 +480,7 @@ def test_reused_run_dir_holds_and_publishes_only_the_latest_runs_files(cli: Cli)
     pending = cli.run("pending", "outputs", module="lab.runs")
     assert pending.stdout.count("FINISHED") == 1, pending.stdout  # not hidden by the third run's receipt
 
-    res = cli.run("sync", module="lab.runs")
+    res = cli.run("sync", "--force", module="lab.runs")  # seed=4 was meant for DOWN
     assert res.code == 0, res.stderr
     assert "1 record(s) synced" in res.stdout
     by_seed = {r.data.params["seed"]: r for r in store_runs(cli.uri)}

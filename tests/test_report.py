@@ -14,9 +14,10 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
+from lab.outputs import write_failure
 from lab.records import JobRecord, join_overrides, redact_text, split_overrides
 from lab.report import numeric_parameters, use_log_scale
-from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows
+from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows, summarize_sweep
 from tests.conftest import Cli
 from tests.test_cli import by_kind, runs
 
@@ -310,6 +311,19 @@ def test_job_dirs_without_hydra_files_are_found_by_their_metrics_or_traceback(tm
         (tmp_path / name / file).write_text("{}")
     assert job_dirs(tmp_path, output_subdir=None) == [tmp_path / "0", tmp_path / "1"]
     assert job_dirs(tmp_path, output_subdir=None, bare=True) == [tmp_path / n for n in ("0", "1", "2")]
+
+
+def test_a_failed_jobs_reason_is_its_exception_line_not_its_messages_last(tmp_path: Path) -> None:
+    job = tmp_path / "0"
+    job.mkdir()
+    try:
+        raise ValueError("Key 'seed' not in 'TrainConfig'\n    full_key: seed\n    object_type=TrainConfig")
+    except ValueError as exc:
+        write_failure(exc, job)
+    assert (job / "traceback.txt").read_text().strip().endswith("object_type=TrainConfig")
+    [row] = summarize_sweep(tmp_path, output_subdir=None).rows
+    assert row.status == "FAILED"
+    assert row.error == "ValueError: Key 'seed' not in 'TrainConfig'"
 
 
 def test_job_dirs_with_output_subdir_dot_are_found_by_their_hydra_yaml(tmp_path: Path) -> None:

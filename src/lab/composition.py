@@ -68,7 +68,10 @@ class CachingConfigLoader(ConfigLoader):
         leaves = [o for o in parsed if self._is_leaf(o)]
         structure = tuple(o.input_line or "" for o in parsed if o not in leaves)
         leaf_keys = tuple(sorted(o.key_or_group for o in leaves))
-        if len(set(leaf_keys)) != len(leaf_keys):  # the same key twice: order matters, compose fully
+        structure_keys = {o.key_or_group for o in parsed if o not in leaves}
+        if len(set(leaf_keys)) != len(leaf_keys) or structure_keys.intersection(leaf_keys):
+            # the same key twice (`seed=1 seed=2`, `seed=1 ++seed=5`): the order of the
+            # overrides decides, and the cache applies leaves last; compose fully
             return self.inner.load_sweep_config(master_config, sweep_overrides)
         key = (structure, leaf_keys)
         base = self._cache.get(key)

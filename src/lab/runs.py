@@ -2,8 +2,9 @@
 
 ``sync``
     Publish every pending record under an outputs dir (records whose MLflow run is
-    missing or incomplete, e.g. after the tracking server was down). Idempotent: runs are
-    found again by their ``lab.job_uid`` / ``lab.sweep_uid`` tags, so a second sync creates
+    missing or incomplete, e.g. after the tracking server was down) to the store it was
+    meant for (``--force``: to this one, whichever that was). Idempotent: runs are found
+    again by their ``lab.job_uid`` / ``lab.sweep_uid`` tags, so a second sync creates
     nothing new.
 ``reap``
     End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
@@ -43,11 +44,29 @@ def pending_records(root: Path) -> list[JobRecord]:
     return [record for record in map(JobRecord.load, find_records(root)) if not record.synced]
 
 
-def sync(root: Path, uri: str) -> tuple[int, int]:
-    """Publish pending records; returns (published, failed)."""
+def sync(root: Path, uri: str, force: bool = False) -> tuple[int, int]:
+    """Publish pending records; returns (published, failed or skipped).
+
+    A record names the store it was meant for (its redacted ``tracking_uri``); one meant
+    for another store than ``uri`` is skipped, saying so, unless ``force``: sending it to
+    the wrong store would mark it synced, and it would never reach its own.
+    """
+    records = []
+    skipped = 0
+    for record in pending_records(root):
+        if force or record.tracking_uri == redact(uri):
+            records.append(record)
+        else:
+            skipped += 1
+            print(
+                f"skipped {record.job_dir}: its record is for {record.tracking_uri}, not {redact(uri)} "
+                "(pass --tracking-uri for its store, or --force to send it here)",
+                file=sys.stderr,
+            )
+    if not records:
+        return 0, skipped
     publisher = Publisher(uri)
-    published = failed = 0
-    records = pending_records(root)
+    published, failed = 0, skipped
     # jobs before their sweeps, so a parent is ended only after its children exist
     for record in sorted(records, key=lambda r: r.tags.get("lab.kind") == "sweep"):
         try:
@@ -119,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", nargs="?", default="outputs", type=Path, help="outputs dir to scan (default: outputs)")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
+    parser.add_argument(
+        "--force", action="store_true", help="sync: also send records meant for another store to this one"
+    )
     args = parser.parse_args(argv)
     if args.command != "reap" and not args.root.is_dir():
         parser.error(f"root {str(args.root)!r} is not a directory")
@@ -131,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     uri = resolve_uri(args.tracking_uri)
     try:
         if args.command == "sync":
-            published, failed = sync(args.root, uri)
-            print(f"lab: {published} record(s) synced to {redact(uri)}, {failed} failed")
+            published, failed = sync(args.root, uri, force=args.force)
+            print(f"lab: {published} record(s) synced to {redact(uri)}, {failed} failed or skipped")
             sys.exit(1 if failed else 0)
         ended = reap(args.root, uri)
     except Exception as exc:  # noqa: BLE001 - the store is down or refuses us: one line, not a traceback

@@ -155,12 +155,18 @@ def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".
     return sorted(dirs, key=lambda d: (int(d.name) if d.name.isdigit() else math.inf, str(d)))
 
 
-def _error(job_dir: Path) -> str:
+def _error(job_dir: Path, record: dict[str, Any]) -> str:
+    """Why the job failed, in one line: its record's ``error``, else the exception's line
+    in its ``traceback.txt`` (the first line after the last frame, not the file's last
+    line, which for a message of several lines is the message's last)."""
+    if isinstance(record.get("error"), str) and record["error"]:
+        return str(record["error"]).strip().splitlines()[0]
     try:
         lines = (job_dir / TRACEBACK_FILE).read_text().strip().splitlines()
     except OSError:
         return ""
-    return lines[-1] if lines else ""
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith("  File ")), default=-1)
+    return next((line for line in lines[last_frame + 1 :] if not line.startswith(" ")), lines[-1] if lines else "")
 
 
 def _read_record(job_dir: Path) -> dict[str, Any]:
@@ -189,7 +195,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", dirs:
             overrides = split_overrides(tags["lab.overrides"])
         status = str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
-        error = _error(job_dir) if status == "FAILED" else ""
+        error = _error(job_dir, record) if status == "FAILED" else ""
         rows.append(JobRow(str(job_dir.relative_to(sweep_dir)), overrides, status, metrics, error))
     return summarize_rows(rows)
 

@@ -70,6 +70,8 @@ def main() -> None:
         sys.exit(128 + getattr(exc, "signum", 2))
     except Exception as exc:  # noqa: BLE001 - reported briefly; the traceback is in the job dir
         message = describe(exc)
+        if message is None and _raised_by_hydra(exc):  # e.g. `data=null`, a sweep type it lacks
+            message = f"error: {outputs.summarize(exc)}"
         if message is not None:
             print(message, file=sys.stderr)
             sys.exit(2)
@@ -79,6 +81,15 @@ def main() -> None:
         from lab import publishing
 
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    """Whether Hydra's own code raised ``exc``: a job's failure is raised by lab's code or
+    a library it calls, so this is Hydra refusing the command line or the config."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/hydra/" in Path(tb.tb_frame.f_code.co_filename).as_posix()
 
 
 if __name__ == "__main__":
