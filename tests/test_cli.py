@@ -248,3 +248,23 @@ def test_default_run_dirs_never_collide(cli: Cli) -> None:
     dirs = list((cli.cwd / "outputs" / "runs").glob("*/*"))
     assert len(dirs) == 2
     assert all(len(d.name.split("-")) == 4 for d in dirs)  # H-M-S-microseconds
+
+
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_jobs_that_chdir_still_write_to_the_launchs_relative_sqlite_store(cli: Cli, background: str) -> None:
+    """``hydra.job.chdir=true`` moves a job into its outputs dir; a relative store URI still
+    names the store where the command was started, for the job's own publishing too."""
+    res = cli.sweep(
+        "seed=1,2",
+        "hydra.job.chdir=true",
+        f"tracking.background={background}",
+        "tracking.log_model=false",
+        MLFLOW_TRACKING_URI="sqlite:///mlflow.db",
+    )
+    assert res.code == 0, res.stderr
+    assert not list((cli.cwd / "outputs").rglob("mlflow.db"))
+    all_runs = runs(cli)
+    [parent] = by_kind(all_runs, "sweep")
+    children = by_kind(all_runs, "job")
+    assert len(children) == 2
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)

@@ -40,7 +40,7 @@ from lab.records import HYDRA_FILES, PENDING_NOTE, SYNCED_FILE, JobRecord, read_
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["Publisher", "configure_client_env", "error_line", "note_pending", "redact", "resolve_uri"]
+__all__ = ["Publisher", "configure_client_env", "error_line", "note_pending", "pin_uri", "redact", "resolve_uri"]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lab"
@@ -53,6 +53,15 @@ PARAM_BATCH, PARAM_VALUE_MAX = 100, 6000
 def resolve_uri(uri: str | None) -> str:
     """The tracking URI a job uses: the config's, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def pin_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite path made absolute against the cwd: the launch's store,
+    wherever a job runs (``hydra.job.chdir=true`` moves each job into its outputs dir)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
 
 
 def resolve_experiment(name: str | None) -> str:

@@ -30,6 +30,7 @@ from lab.publishing import (
     Publisher,
     configure_client_env,
     error_line,
+    pin_uri,
     quiet_mlflow_logging,
     redact,
     resolve_uri,
@@ -54,7 +55,7 @@ def sync(root: Path, uri: str, force: bool = False) -> tuple[int, int]:
     records = []
     skipped = 0
     for record in pending_records(root):
-        if force or record.tracking_uri == redact(uri):
+        if force or pin_uri(record.tracking_uri) == redact(pin_uri(uri)):
             records.append(record)
         else:
             skipped += 1

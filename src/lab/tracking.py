@@ -41,7 +41,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from lab import outputs
 from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
-from lab.publishing import configure_client_env, error_line, note_pending, redact, resolve_experiment, resolve_uri
+from lab.publishing import (
+    configure_client_env,
+    error_line,
+    note_pending,
+    pin_uri,
+    redact,
+    resolve_experiment,
+    resolve_uri,
+)
 from lab.records import (
     HYDRA_FILES,
     PENDING_NOTE,
@@ -215,7 +223,7 @@ class TrackingCallback(Callback):
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         tracking = config.tracking
-        uri = resolve_uri(tracking.uri)
+        uri = pin_uri(resolve_uri(tracking.uri))  # jobs that chdir still write to this store
         self.launch = _Launch(
             uid=uuid.uuid4().hex[:16],
             uri=uri,
