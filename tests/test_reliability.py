@@ -544,3 +544,37 @@ def test_interrupt_while_the_sweep_ends_leaves_no_run_running(cli: Cli) -> None:
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert json.loads((sweep / "tracking.json").read_text())["status"] == "FINISHED"
     assert (sweep / "report.png").exists()
+
+
+# Lab's first save of a finished job record fails, as on a full disk: its on_job_end raises,
+# which Hydra turns into a warning, and the job's record stays RUNNING.
+FAULTY_MODULE = """
+from hydra.experimental.callback import Callback
+from lab.records import JobRecord
+
+_save = JobRecord.save
+_failed = []
+
+
+def _failing_save(record):
+    if record.finished and record.tags.get("lab.kind") == "job" and not _failed:
+        _failed.append(record.job_dir)
+        raise OSError(28, "No space left on device")
+    _save(record)
+
+
+class FailFirstFinalSave(Callback):
+    def __init__(self):
+        JobRecord.save = _failing_save
+"""
+
+
+def test_job_whose_end_was_never_recorded_is_completed_at_the_launchs_end(cli: Cli) -> None:
+    (cli.cwd / "faulty.py").write_text(FAULTY_MODULE)
+    res = cli.train("tracking.log_model=false", "+hydra.callbacks.faulty._target_=faulty.FailFirstFinalSave")
+    assert res.code == 0, res.stderr
+    assert "No space left on device" in res.stderr  # Hydra's warning about lab's on_job_end
+    [run] = store_runs(cli.uri)
+    # it trained and wrote its metrics: completed from them, not KILLED by the publisher
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["accuracy"] > 0.9

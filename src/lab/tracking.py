@@ -352,6 +352,11 @@ class TrackingCallback(Callback):
                 for job_dir in self._job_dirs(config, bare=True):
                     self._end_open_record(job_dir, status)
         ours = self._launch_dirs(config)  # after any open records were ended above
+        if status is None and self._enabled(config):
+            # Every job has returned: a record still open is one whose end was never
+            # written (lab's on_job_end raised, which Hydra turns into a warning).
+            for job_dir in ours:
+                self._end_open_record(job_dir, "FAILED", reason="the job returned, but its record was never completed")
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)
@@ -427,8 +432,10 @@ class TrackingCallback(Callback):
             return [d for d in self._job_dirs(config) if self._own_record(d) is not None]
         return [d for d in self._job_dirs(config) if self._touched(d) is not None]
 
-    def _end_open_record(self, job_dir: Path, status: str) -> None:
-        """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke."""
+    def _end_open_record(self, job_dir: Path, status: str, reason: str | None = None) -> None:
+        """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke
+        or the job's end was never recorded (``reason``); FINISHED if it trained and wrote
+        its metrics, so nothing is lost."""
         assert self.launch is not None and self._config is not None
         record = self._own_record(job_dir)
         if record is None:
@@ -450,7 +457,9 @@ class TrackingCallback(Callback):
             self._submit(record, job_dir)
             return
         record.status, record.end_time = status, _now_ms()
-        if status == "KILLED" and self._signal is not None:
+        if reason is not None:
+            record.error = reason
+        elif status == "KILLED" and self._signal is not None:
             record.error = f"interrupted by {signal.Signals(self._signal).name}"
         else:
             record.error = "the launcher stopped before this job returned"
