@@ -86,3 +86,17 @@ def test_invalid_yaml_in_conf_is_a_short_error(cli: Cli, tmp_path: Path) -> None
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 3
     assert not (cli.cwd / "outputs").exists()
+
+
+def test_errors_count_as_hydras_by_hydras_own_package_not_by_a_path_naming_hydra() -> None:
+    """A job's failure is exit 1 even when lab lives under a directory named ``hydra``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lab.train import _raised_by_hydra
+
+    with pytest.raises(Exception) as from_hydra:  # noqa: PT011 - whatever Hydra raises
+        OverridesParser.create().parse_overrides(["data=("])
+    assert _raised_by_hydra(from_hydra.value)
+    with pytest.raises(ValueError, match="a job failed") as from_a_job:
+        exec(compile("raise ValueError('a job failed')", "/home/me/hydra/lab/src/lab/training.py", "exec"))
+    assert not _raised_by_hydra(from_a_job.value)

@@ -366,6 +366,9 @@ def test_overrides_tag_without_shell_quoting_is_split_at_spaces() -> None:
         (r"tracking.uri=http\://alice\:tok@127.0.0.1\:5000", r"tracking.uri=http\://***@127.0.0.1\:5000"),
         ("postgresql+psycopg2://u:p@db/lab and ftp://x@y", "postgresql+psycopg2://***@db/lab and ftp://***@y"),
         ("sqlite:///dir@1/mlflow.db", "sqlite:///dir@1/mlflow.db"),  # no user info: a path
+        ("https://alice:p@ss@host/x", "https://***@host/x"),  # up to the authority's last @
+        ("https://host/?u=a@b", "https://host/?u=a@b"),  # an @ in the query is no user info
+        ("https://host?u=a@b", "https://host?u=a@b"),
         ("seed=1 model.C=0.5 a@b", "seed=1 model.C=0.5 a@b"),
     ],
 )

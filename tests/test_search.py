@@ -161,3 +161,11 @@ def test_random_forest_search_samples_its_own_space(cli: Cli) -> None:
     assert set(results["best_params"]) == {"model.n_estimators", "model.max_depth", "model.criterion"}
     assert "[3/3]" in res.stdout
     assert "lab: best trial: job " in res.stdout
+
+
+def test_a_trial_value_from_its_own_hydra_config_is_not_refused_up_front(cli: Cli) -> None:
+    """The launch's config is checked before Optuna's first trial, but only for bad values:
+    ``${hydra:job.num}`` resolves in each trial, not in the launch."""
+    res = cli.run("--multirun", "search=optuna", "seed=${hydra:job.num}", "hydra.sweeper.n_trials=2", "tracking=none")
+    assert res.code == 0, res.stderr
+    assert "sweep finished: 2 jobs (2 finished)" in res.stdout

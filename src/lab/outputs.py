@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,19 @@ def clear_earlier_run(job_dir: Path) -> None:
     ``hydra.run.dir``, a re-used ``hydra.sweep.dir``): its metrics, model, traceback and
     tracking files would otherwise pass for this job's (a failed job with the earlier
     accuracy, a finished one logging the earlier traceback). Hydra's files and the log stay."""
+    record = job_dir / RECORD_FILE
+    if record.exists():
+        from lab.records import JobRecord
+
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            earlier = JobRecord.load(job_dir)
+            if not earlier.synced:  # never reached MLflow: it is lost now, so say so
+                print(
+                    f"lab: warning: {job_dir} held a record not yet in MLflow ({earlier.status}, "
+                    f"{earlier.tags.get('lab.overrides', '')!r}); this run replaces it. "
+                    "Run `python -m lab.runs sync` before re-using a dir to keep such records.",
+                    file=sys.stderr,
+                )
     for name in (METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, RECORD_FILE, SYNCED_FILE, PENDING_NOTE):
         (job_dir / name).unlink(missing_ok=True)
 

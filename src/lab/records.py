@@ -45,7 +45,7 @@ HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writ
 
 # the user-info part of any URL: scheme://user:secret@host (in a job's overrides, Hydra's
 # sweeper escapes the colons: scheme\://user\:secret@host)
-_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*\\?://)[^/\s@'\"]+@")
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*\\?://)[^/?#\s'\"]*@")  # up to the last @ of the authority
 
 
 def redact_text(text: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.outputs import summarize
-from lab.publishing import check_uri, configure_client_env, quiet_mlflow_logging, redact, resolve_uri
+from lab.publishing import check_uri, configure_client_env, pin_uri, quiet_mlflow_logging, redact, resolve_uri
 from lab.records import RECORD_FILE, SYNCED_FILE, read_json, split_overrides
 from lab.summary import (
     SEED_KEYS,
@@ -592,7 +592,8 @@ def _run(args: argparse.Namespace) -> int:
         problem = _store_problem(uri)
         tracked_in = receipt.get("tracking_uri")
         if problem is not None:
-            hint = f"; the sweep was tracked in {tracked_in}" if tracked_in and tracked_in != redact(uri) else ""
+            same = tracked_in and pin_uri(tracked_in) == redact(pin_uri(uri))
+            hint = f"; the sweep was tracked in {tracked_in}" if tracked_in and not same else ""
             print(f"lab: not logged to run {run_id}: tracking URI {redact(uri)}: {problem}{hint}", file=sys.stderr)
             return 1
         client = _client(uri, args.timeout)

@@ -363,10 +363,6 @@ class TrackingCallback(Callback):
         self._wait_for_publisher()
         if status is not None:
             return  # from atexit: the interrupt or the launcher's own error sets the exit code
-        if summary is not None and summary.failed:
-            failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
-            print(f"lab: {len(summary.failed)} of {jobs(len(summary.rows))} failed:{failed}", file=sys.stderr)
-            raise SystemExit(1)
         pending = self._pending(ours) if self._enabled(config) else []
         if pending:
             print(
@@ -375,8 +371,12 @@ class TrackingCallback(Callback):
                 "upload them with `python -m lab.runs sync`",
                 file=sys.stderr,
             )
-            if not job_failed:  # else Hydra exits 1 for the job, which says more
-                raise SystemExit(PENDING_EXIT)
+        if summary is not None and summary.failed:
+            failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
+            print(f"lab: {len(summary.failed)} of {jobs(len(summary.rows))} failed:{failed}", file=sys.stderr)
+            raise SystemExit(1)  # a failed job says more than pending records
+        if pending and not job_failed:  # a failed single run: Hydra exits 1 after this
+            raise SystemExit(PENDING_EXIT)
 
     def _wait_for_publisher(self) -> None:
         """Let the background publisher drain, and say so if it died doing it."""

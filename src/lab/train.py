@@ -89,7 +89,7 @@ def _raised_by_hydra(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and "/hydra/" in Path(tb.tb_frame.f_code.co_filename).as_posix()
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(Path(hydra.__file__).parent)
 
 
 if __name__ == "__main__":

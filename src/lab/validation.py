@@ -130,7 +130,11 @@ class ValidationCallback(Callback):
     config of a sweep whose sweeper proposes its jobs as it goes (Optuna's)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_launch(config)
+        try:
+            with hydra_config(config):
+                check_job(config)
+        except Exception as exc:  # noqa: BLE001 - Hydra would only warn, and run the job anyway
+            raise fail(describe(exc) or f"error: {type(exc).__name__}: {_first_lines(str(exc))}") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # lab's sweeper checks every job before the first; Optuna's knows a trial's values
@@ -138,15 +142,13 @@ class ValidationCallback(Callback):
         # every trial: the launch's config, which holds those, is checked up front.
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
         if "lab_sweeper" not in sweeper:
-            _check_launch(config)
+            try:
+                with hydra_config(config):
+                    check_job(config)
+            except ConfigError as exc:
+                raise fail(describe(exc) or str(exc)) from None
+            except Exception:  # noqa: BLE001 - e.g. ${hydra:job.num}: resolves only in a trial, checked there
+                pass
         n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
         if "optuna" in sweeper and isinstance(n_trials, int) and n_trials < 1:
             raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
-
-
-def _check_launch(config: DictConfig) -> None:
-    try:
-        with hydra_config(config):
-            check_job(config)
-    except Exception as exc:  # noqa: BLE001 - Hydra would only warn, and run the job anyway
-        raise fail(describe(exc) or f"error: {type(exc).__name__}: {_first_lines(str(exc))}") from None
