@@ -309,14 +309,18 @@ class Publisher:
         job_dir = Path(record.job_dir)
         subdir = record.output_subdir
         hydra_files = set() if subdir is None else {f"{subdir}/{name}" for name in HYDRA_FILES}
-        with tempfile.TemporaryDirectory(prefix="lab-redacted-") as tmp:
+        with contextlib.ExitStack() as cleanup:
             for rel in record.artifacts:
                 path = job_dir / rel
                 if path.exists():
                     parent = str(Path(rel).parent)
                     if rel in hydra_files:
                         parent = ".hydra"  # wherever hydra.output_subdir put them locally
-                    path = _redacted(path, Path(tmp) / rel)
+                    clean = _redacted_text(path)
+                    if clean is not None:  # a copy without the credentials goes instead
+                        tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lab-redacted-"))
+                        path = Path(tmp) / path.name
+                        path.write_text(clean, encoding="utf-8", errors="surrogateescape")
                     self._log_artifact(run_id, str(path), None if parent == "." else parent)
         if record.model and (job_dir / record.model).exists():
             self._log_model(run_id, job_dir / record.model)
@@ -409,18 +413,14 @@ def write_model_dir(pickled: Path, dest: Path) -> None:
 TEXT_SUFFIXES = (".yaml", ".md", ".csv", ".json", ".txt", ".log")
 
 
-def _redacted(path: Path, copy: Path) -> Path:
-    """``path``, or when it is a text file that holds credentials in a URL, a redacted
-    copy of it written to ``copy`` (same name)."""
+def _redacted_text(path: Path) -> str | None:
+    """The text of ``path`` with credentials in URLs redacted, when it is a text file that
+    holds any; else None (the file goes as it is)."""
     if path.suffix not in TEXT_SUFFIXES:
-        return path
+        return None
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     clean = redact_text(text)
-    if clean == text:
-        return path
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_text(clean, encoding="utf-8", errors="surrogateescape")
-    return copy
+    return None if clean == text else clean
 
 
 def _tags(tags: dict[str, str]) -> list[Any]:

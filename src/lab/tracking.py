@@ -29,7 +29,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ from lab.config import job_container
 from lab.provenance import config_fingerprint, environment_tags
 from lab.publishing import (
     configure_client_env,
-    error_line,
     note_pending,
     pin_uri,
     redact,
@@ -62,6 +60,7 @@ from lab.records import (
     redact_text,
 )
 from lab.summary import JobRow, Summary, jobs, summarize_sweep
+from lab.validation import refused_as_usage
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
@@ -112,22 +111,6 @@ def _record_uid(job_dir: Path) -> str | None:
         return str(read_json(job_dir / RECORD_FILE)["uid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-@contextlib.contextmanager
-def _launch_errors(config: DictConfig) -> Iterator[None]:
-    """Around the launch's start: an error there (a setting that does not resolve, a bad
-    value) exits 2 in one line; Hydra would only warn, and the launch would run untracked.
-    ``${hydra:...}`` in a tracking setting resolves as it does in a job."""
-    from lab.validation import UsageError, describe, fail, hydra_config
-
-    try:
-        with hydra_config(config):
-            yield
-    except UsageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - see above
-        raise fail(describe(exc) or f"error: tracking: {error_line(exc)}") from None
 
 
 def _drop_receipt(job_dir: Path) -> None:
@@ -262,12 +245,12 @@ class TrackingCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
-        with _launch_errors(config):
+        with refused_as_usage(config, "tracking: "):  # e.g. ${hydra:runtime.cwd} in tracking.uri resolves
             self._start(config, None)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._config = config
-        with _launch_errors(config):
+        with refused_as_usage(config, "tracking: "):
             self._start(config, _pin_sweep_dir(config))
         study = _optuna_sweeper(config)
         # Optuna's sweeper never calls on_sweep_validated; it runs n_trials jobs, except

@@ -24,7 +24,7 @@ from yaml import YAMLError
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.publishing import check_uri, resolve_uri
 
-__all__ = ["UsageError", "ValidationCallback", "check_job", "describe", "hydra_config"]
+__all__ = ["UsageError", "ValidationCallback", "check_job", "describe", "hydra_config", "refused_as_usage"]
 
 USAGE_EXIT = 2
 
@@ -125,16 +125,27 @@ def hydra_config(config: DictConfig) -> Iterator[None]:
             holder.cfg = None
 
 
+@contextlib.contextmanager
+def refused_as_usage(config: DictConfig, what: str = "") -> Iterator[None]:
+    """Around a check made in the launching process before any job runs (with
+    :func:`hydra_config`): any error becomes one line and exit 2 (:func:`fail`). Hydra
+    would turn it into a warning and go on, running the job unchecked or untracked."""
+    try:
+        with hydra_config(config):
+            yield
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise fail(describe(exc) or f"error: {what}{type(exc).__name__}: {_first_lines(str(exc))}") from None
+
+
 class ValidationCallback(Callback):
     """Checks a single run's config before Hydra creates its run dir, and the launch's own
     config of a sweep whose sweeper proposes its jobs as it goes (Optuna's)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            with hydra_config(config):
-                check_job(config)
-        except Exception as exc:  # noqa: BLE001 - Hydra would only warn, and run the job anyway
-            raise fail(describe(exc) or f"error: {type(exc).__name__}: {_first_lines(str(exc))}") from None
+        with refused_as_usage(config):
+            check_job(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # lab's sweeper checks every job before the first; Optuna's knows a trial's values
