@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -239,6 +241,23 @@ def test_the_early_publisher_leaves_nothing_when_not_needed(cli: Cli, args: list
         time.sleep(0.05)
     assert publishers_in(cli.cwd) == []
     assert not (cli.cwd / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["tracking=none"], ["tracking.background=false"], ["--multirun", "seed=1,2", "tracking=none"]]
+)
+def test_no_publisher_is_started_when_the_command_line_needs_none(cli: Cli, args: list[str]) -> None:
+    """An untracked launch, or one whose jobs publish themselves, never starts the background
+    publisher: it would import MLflow on the other core (~200 MB) only to be stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.train", *args], cwd=cli.cwd, env=cli.env(), stdout=subprocess.DEVNULL
+    )
+    seen: set[int] = set()
+    while proc.poll() is None:
+        seen.update(publishers_in(cli.cwd))
+        time.sleep(0.01)
+    assert proc.returncode == 0
+    assert seen == set()
 
 
 def test_default_run_dirs_never_collide(cli: Cli) -> None:

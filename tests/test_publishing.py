@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from lab.outputs import MODEL_FILE, write_result
-from lab.publishing import Publisher, locked_requirements, note_pending, write_model_dir
+from lab.publishing import Publisher, locked_requirements, may_publish_in_background, note_pending, write_model_dir
 from lab.records import PENDING_NOTE, JobRecord
+from lab.train import CONFIG_DIR
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
 
@@ -94,3 +95,31 @@ def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_no
     later = dataclasses.replace(record, uid="launch2-0")
     assert later.receipt() is None
     assert not later.synced
+
+
+@pytest.mark.parametrize(
+    ("argv", "wanted"),
+    [
+        ([], True),
+        (["model.C=0.5", "--multirun", "seed=1,2"], True),
+        (["tracking=mlflow"], True),
+        (["tracking=none"], False),
+        (["tracking=server"], False),  # publishes from each job's own process
+        (["tracking.enabled=false"], False),
+        (["++tracking.enabled=False"], False),
+        (["tracking.background=false"], False),
+        (["tracking=none", "tracking.enabled=true"], True),  # the key beats the group's file
+        (["tracking.enabled=false", "tracking.enabled=true"], True),  # the last one wins, as in Hydra
+        (["tracking=none", "tracking=mlflow"], True),
+        (["--multirun", "tracking.enabled=true,false"], True),  # some jobs may publish
+        (["--multirun", "tracking=none,mlflow"], True),
+        (["tracking=nosuch"], True),  # Hydra will say what is wrong; no guess here
+        (["--cfg", "job"], False),
+        (["--cfg=hydra"], False),
+        (["-c", "job"], False),
+        (["--help"], False),
+        (["--info"], False),
+    ],
+)
+def test_the_early_publisher_is_started_only_when_a_job_may_need_it(argv: list[str], wanted: bool) -> None:
+    assert may_publish_in_background(argv, Path(CONFIG_DIR)) is wanted

@@ -567,6 +567,18 @@ def _failing_save(record):
 class FailFirstFinalSave(Callback):
     def __init__(self):
         JobRecord.save = _failing_save
+
+
+def _failing_first_save(record):
+    if not record.finished and record.tags.get("lab.kind") == "job" and not _failed:
+        _failed.append(record.job_dir)
+        raise OSError(28, "No space left on device")
+    _save(record)
+
+
+class FailFirstStartSave(Callback):
+    def __init__(self):
+        JobRecord.save = _failing_first_save
 """
 
 
@@ -579,3 +591,26 @@ def test_job_whose_end_was_never_recorded_is_completed_at_the_launchs_end(cli: C
     # it trained and wrote its metrics: completed from them, not KILLED by the publisher
     assert run.info.status == "FINISHED"
     assert run.data.metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_job_whose_start_was_never_recorded_is_published_at_the_launchs_end(cli: Cli, sweep: bool) -> None:
+    """lab's on_job_start cannot write the first job's record (a full disk): Hydra only warns
+    and the job runs. Its run is still made, from its ``.hydra/`` files and metrics."""
+    (cli.cwd / "faulty.py").write_text(FAULTY_MODULE)
+    args = ["tracking.log_model=false", "+hydra.callbacks.faulty._target_=faulty.FailFirstStartSave"]
+    res = cli.sweep("seed=1,2", *args) if sweep else cli.train(*args)
+    assert res.code == 0, res.stderr
+    assert "No space left on device" in res.stderr  # Hydra's warning about lab's on_job_start
+    all_runs = store_runs(cli.uri)
+    jobs = [r for r in all_runs if r.data.tags["lab.kind"] == "job"]
+    assert len(jobs) == (2 if sweep else 1)
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["accuracy"] > 0.9
+        assert run.data.params["model.C"] == "1.0"
+    if sweep:
+        [parent] = [r for r in all_runs if r.data.tags["lab.kind"] == "sweep"]
+        assert parent.info.status == "FINISHED"
+        assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+        assert sorted(r.data.params["seed"] for r in jobs) == ["1", "2"]

@@ -12,7 +12,8 @@ overlaps the launcher's own imports and composition; the tracking callback then 
 (:func:`take`) and tells it on stdin where the queue is (:func:`assign`). It opens the
 store while the first job runs, then drains the queue that the jobs fill (see
 :mod:`lab.records`) until its stdin closes. A publisher nobody claims (tracking off, bad
-input) is terminated before it has touched anything (:func:`release`).
+input) is terminated before it has touched anything (:func:`release`); none is started
+when the command line already turns background publishing off (:func:`may_publish_in_background`).
 """
 
 from __future__ import annotations
@@ -614,10 +615,50 @@ def spawn() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "lab.publishing"], stdin=subprocess.PIPE, start_new_session=True)
 
 
-def start_early() -> None:
-    """Start the publisher before the launcher's own imports (``python -m lab.train`` only)."""
+def start_early(argv: list[str], conf_dir: Path) -> None:
+    """Start the publisher before the launcher's own imports (``python -m lab.train`` only),
+    unless the command line already says that no job will publish in the background."""
     global _early
-    _early = spawn()
+    if may_publish_in_background(argv, conf_dir):
+        _early = spawn()
+
+
+# Hydra's options that print something and run no job.
+_NO_JOB_OPTIONS = frozenset(
+    {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+)
+
+
+def may_publish_in_background(argv: list[str], conf_dir: Path) -> bool:
+    """Whether a launch with these arguments may need the background publisher: a guess
+    from the literal words, before Hydra is even imported, that errs towards yes. A false
+    yes costs an import that is then stopped (~1 s of the other core, ~200 MB for a while);
+    a false no only costs the overlap, as the tracking callback then starts one itself.
+
+    No for Hydra's print-only options, and for the last ``tracking.enabled`` or
+    ``tracking.background`` override, else the chosen ``tracking=<group>`` file's value,
+    being ``false`` (``tracking=none``, ``tracking=server``).
+    """
+    words: dict[str, str] = {}
+    for arg in argv:
+        key, is_override, value = arg.partition("=")
+        if key in _NO_JOB_OPTIONS:
+            return False
+        if is_override:
+            words[key.lstrip("+")] = value
+    group: dict[str, Any] = {}
+    if "tracking" in words:  # a sweep over groups ("none,mlflow") names no file
+        path = conf_dir / "tracking" / f"{words['tracking']}.yaml"
+        try:
+            import yaml
+
+            group = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return True
+        if not isinstance(group, dict):
+            return True
+    settings = (words.get(f"tracking.{key}", group.get(key)) for key in ("enabled", "background"))
+    return all(str(setting).lower() != "false" for setting in settings)
 
 
 def take() -> subprocess.Popen[bytes]:

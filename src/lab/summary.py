@@ -155,7 +155,7 @@ def job_dirs(sweep_dir: Path, bare: bool = False, output_subdir: str | None = ".
     return sorted(dirs, key=lambda d: (int(d.name) if d.name.isdigit() else math.inf, str(d)))
 
 
-def _error(job_dir: Path, record: dict[str, Any]) -> str:
+def failure_reason(job_dir: Path, record: dict[str, Any]) -> str:
     """Why the job failed, in one line: its record's ``error``, else the exception's line
     in its ``traceback.txt`` (the first line after the last frame, not the file's last
     line, which for a message of several lines is the message's last)."""
@@ -195,7 +195,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", dirs:
             overrides = split_overrides(tags["lab.overrides"])
         status = str(record["status"]) if record.get("status") in TERMINAL else job_status(job_dir)
         metrics = (read_metrics(job_dir) or {}).get("metrics", {})
-        error = _error(job_dir, record) if status == "FAILED" else ""
+        error = failure_reason(job_dir, record) if status == "FAILED" else ""
         rows.append(JobRow(str(job_dir.relative_to(sweep_dir)), overrides, status, metrics, error))
     return summarize_rows(rows)
 

@@ -59,7 +59,7 @@ from lab.records import (
     read_json,
     redact_text,
 )
-from lab.summary import JobRow, Summary, jobs, summarize_sweep
+from lab.summary import JobRow, Summary, failure_reason, jobs, summarize_sweep
 from lab.validation import refused_as_usage
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
@@ -334,12 +334,13 @@ class TrackingCallback(Callback):
             if self._enabled(config):
                 for job_dir in self._job_dirs(config, bare=True):
                     self._end_open_record(job_dir, status)
+        elif self._enabled(config):
+            # Every job has returned: a record still open, or missing from a dir this launch
+            # wrote, is one whose end or start was never written (lab's on_job_end or
+            # on_job_start raised, which Hydra turns into a warning).
+            for job_dir in self._job_dirs(config):
+                self._end_open_record(job_dir, "FAILED", returned=True)
         ours = self._launch_dirs(config)  # after any open records were ended above
-        if status is None and self._enabled(config):
-            # Every job has returned: a record still open is one whose end was never
-            # written (lab's on_job_end raised, which Hydra turns into a warning).
-            for job_dir in ours:
-                self._end_open_record(job_dir, "FAILED", reason="the job returned, but its record was never completed")
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)
@@ -415,19 +416,23 @@ class TrackingCallback(Callback):
             return [d for d in self._job_dirs(config) if self._own_record(d) is not None]
         return [d for d in self._job_dirs(config) if self._touched(d) is not None]
 
-    def _end_open_record(self, job_dir: Path, status: str, reason: str | None = None) -> None:
-        """A job the launch left RUNNING: KILLED after a signal, FAILED if the launcher broke
-        or the job's end was never recorded (``reason``); FINISHED if it trained and wrote
-        its metrics, so nothing is lost."""
+    def _end_open_record(self, job_dir: Path, status: str, returned: bool = False) -> None:
+        """A job the launch left RUNNING, or without a record: KILLED after a signal, FAILED
+        if the launcher broke or, when every job has ``returned``, its start or end was never
+        recorded; FINISHED if it trained and wrote its metrics, so nothing is lost."""
         assert self.launch is not None and self._config is not None
         record = self._own_record(job_dir)
+        reason = "the job returned, but its record was never completed" if returned else None
         if record is None:
             changed = self._touched(job_dir)
             if changed is None:
                 return  # left by an earlier launch (a re-used sweep dir), untouched by this one
-            # Stopped in the few ms between Hydra creating its dir and on_job_start: the
-            # record that would have been written.
+            # Stopped in the few ms between Hydra creating its dir and on_job_start, or that
+            # on_job_start failed: the record that would have been written.
             record = self._record_from_dir(job_dir, start_time=int(changed * 1000))
+            if returned:  # the job's own failure, if it failed, says more
+                failed = (job_dir / outputs.TRACEBACK_FILE).exists()
+                reason = failure_reason(job_dir, {}) if failed else "the job returned, but its record was never written"
             _drop_receipt(job_dir)
             self._save_sweep_record(record, self._config)
         elif record.finished:

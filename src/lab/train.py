@@ -7,18 +7,19 @@ Tracking happens in Hydra callbacks (:mod:`lab.tracking`), around this function.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 if __name__ == "__main__":
     # `python -m lab.train`: start the tracking publisher before anything heavy is imported,
     # so that its own import of MLflow runs on another core meanwhile (lab.publishing).
     from lab import publishing
 
-    publishing.start_early()
+    publishing.start_early(sys.argv[1:], conf_dir=Path(__file__).resolve().parents[2] / "conf")
 
 import logging
 import os
-import sys
 import warnings
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
