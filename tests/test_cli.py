@@ -216,6 +216,16 @@ def test_sweeps_into_the_same_dir_each_get_their_own_parent(cli: Cli, background
         assert parent.info.start_time <= min(c.info.start_time for c in children)
 
 
+def test_a_sweep_over_tracking_tracks_only_the_tracked_jobs(cli: Cli) -> None:
+    res = cli.sweep("tracking.enabled=true,false", "tracking.log_model=false")
+    assert res.code == 0, res.stderr
+    all_runs = runs(cli)
+    [job] = by_kind(all_runs, "job")
+    assert job.data.params["tracking.enabled"] == "True"
+    [parent] = by_kind(all_runs, "sweep")
+    assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
 def test_environment_overrides_experiment_name(cli: Cli) -> None:
     assert cli.train(MLFLOW_EXPERIMENT_NAME="mine").code == 0
     assert len(runs(cli, "mine")) == 1

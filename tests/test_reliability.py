@@ -579,6 +579,16 @@ def _failing_first_save(record):
 class FailFirstStartSave(Callback):
     def __init__(self):
         JobRecord.save = _failing_first_save
+
+
+class SlowEndWriter(Callback):  # writes into the job dir well after its metrics (a user's plot)
+
+    def on_job_end(self, config, job_return, **kwargs):
+        import time
+        from pathlib import Path
+
+        time.sleep(1)
+        (Path(config.hydra.runtime.output_dir) / "plot.txt").write_text("late")
 """
 
 
@@ -598,7 +608,11 @@ def test_job_whose_start_was_never_recorded_is_published_at_the_launchs_end(cli:
     """lab's on_job_start cannot write the first job's record (a full disk): Hydra only warns
     and the job runs. Its run is still made, from its ``.hydra/`` files and metrics."""
     (cli.cwd / "faulty.py").write_text(FAULTY_MODULE)
-    args = ["tracking.log_model=false", "+hydra.callbacks.faulty._target_=faulty.FailFirstStartSave"]
+    args = [
+        "tracking.log_model=false",
+        "+hydra.callbacks.faulty._target_=faulty.FailFirstStartSave",
+        "+hydra.callbacks.late._target_=faulty.SlowEndWriter",  # the dir's last write is not the job's start
+    ]
     res = cli.sweep("seed=1,2", *args) if sweep else cli.train(*args)
     assert res.code == 0, res.stderr
     assert "No space left on device" in res.stderr  # Hydra's warning about lab's on_job_start
@@ -609,6 +623,7 @@ def test_job_whose_start_was_never_recorded_is_published_at_the_launchs_end(cli:
         assert run.info.status == "FINISHED"
         assert run.data.metrics["accuracy"] > 0.9
         assert run.data.params["model.C"] == "1.0"
+        assert run.info.end_time - run.info.start_time >= 1000  # started before the late write
     if sweep:
         [parent] = [r for r in all_runs if r.data.tags["lab.kind"] == "sweep"]
         assert parent.info.status == "FINISHED"

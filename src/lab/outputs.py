@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE
+from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE
 from lab.training import TrainResult
 
 __all__ = [
@@ -143,6 +143,18 @@ def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:
         except OSError:
             return -math.inf
     return max(times)
+
+
+def hydra_files_written(job_dir: Path, output_subdir: str | None) -> float | None:
+    """When Hydra wrote the job's ``.hydra/`` files, which it does just before the job's
+    callbacks start it (epoch seconds); None without them."""
+    if output_subdir is None:
+        return None
+    times = []
+    for name in HYDRA_FILES:
+        with contextlib.suppress(OSError):
+            times.append((job_dir / output_subdir / name).stat().st_mtime)
+    return min(times, default=None)
 
 
 # Written by the publisher, which may be finishing an earlier launch's records: not a job's.

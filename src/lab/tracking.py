@@ -113,6 +113,15 @@ def _record_uid(job_dir: Path) -> str | None:
         return None
 
 
+def _written_since(path: Path, start_time_ms: int) -> bool:
+    """Whether ``path`` was written by a job that started at ``start_time_ms`` (not left by
+    an earlier launch in a re-used dir)."""
+    try:
+        return path.stat().st_mtime >= start_time_ms / 1000 - outputs.MTIME_SLACK_S
+    except OSError:
+        return False
+
+
 def _drop_receipt(job_dir: Path) -> None:
     """Before a new record goes into a re-used dir: the receipt and the failure note there
     are an earlier run's, and would pass for the new record's."""
@@ -422,31 +431,38 @@ class TrackingCallback(Callback):
         recorded; FINISHED if it trained and wrote its metrics, so nothing is lost."""
         assert self.launch is not None and self._config is not None
         record = self._own_record(job_dir)
-        reason = "the job returned, but its record was never completed" if returned else None
+        rebuilt = record is None
         if record is None:
             changed = self._touched(job_dir)
             if changed is None:
                 return  # left by an earlier launch (a re-used sweep dir), untouched by this one
             # Stopped in the few ms between Hydra creating its dir and on_job_start, or that
-            # on_job_start failed: the record that would have been written.
-            record = self._record_from_dir(job_dir, start_time=int(changed * 1000))
-            if returned:  # the job's own failure, if it failed, says more
-                failed = (job_dir / outputs.TRACEBACK_FILE).exists()
-                reason = failure_reason(job_dir, {}) if failed else "the job returned, but its record was never written"
+            # on_job_start failed: the record that would have been written, started when
+            # Hydra wrote the job's files (just before on_job_start), else at its last write.
+            written = outputs.hydra_files_written(job_dir, _output_subdir(self._config))
+            fresh = written is not None and written >= self.launch.started - outputs.MTIME_SLACK_S
+            saved = self._saved_config(job_dir) if fresh else None  # not an earlier launch's files
+            if saved is not None and not self._job_tracked(saved):
+                return  # a job this launch ran untracked (a sweep over tracking settings)
+            started = written if fresh and written is not None else changed
+            record = self._record_from_dir(job_dir, saved, start_time=int(started * 1000))
             _drop_receipt(job_dir)
             self._save_sweep_record(record, self._config)
         elif record.finished:
             return
-        metrics = job_dir / outputs.METRICS_FILE
-        if metrics.exists() and metrics.stat().st_mtime >= record.start_time / 1000 - outputs.MTIME_SLACK_S:
+        if _written_since(job_dir / outputs.METRICS_FILE, record.start_time):
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
             # (Not metrics an earlier launch left in a re-used dir.)
             _complete(record, job_dir, None, log_model=bool(self._config.tracking.log_model))
             self._submit(record, job_dir)
             return
         record.status, record.end_time = status, _now_ms()
-        if reason is not None:
-            record.error = reason
+        if returned:
+            record.error = (
+                failure_reason(job_dir, {})  # the job's own failure says more
+                if _written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time)
+                else f"the job returned, but its record was never {'written' if rebuilt else 'completed'}"
+            )
         elif status == "KILLED" and self._signal is not None:
             record.error = f"interrupted by {signal.Signals(self._signal).name}"
         else:
@@ -494,13 +510,19 @@ class TrackingCallback(Callback):
         numbered = OmegaConf.select(config, "hydra.job.num", default=None) is not None
         return config if numbered == (self.launch.sweep_dir is not None) else None
 
-    def _record_from_dir(self, job_dir: Path, start_time: int) -> JobRecord:
-        """The record ``on_job_start`` would have written for ``job_dir``, from its
-        ``.hydra/`` files (interpolations resolve here, in the launching process); when
-        those are missing or half-written, one that names only the job's dir, and its number
-        when the dir is named by it (``hydra.sweep.subdir`` is ``${hydra.job.num}``)."""
+    def _job_tracked(self, config: DictConfig) -> bool:
+        """Whether a job whose config is ``config`` is tracked (yes if that cannot be resolved here)."""
+        try:
+            return self._enabled(config)
+        except Exception:  # noqa: BLE001 - an interpolation that does not resolve in the launcher
+            return True
+
+    def _record_from_dir(self, job_dir: Path, config: DictConfig | None, start_time: int) -> JobRecord:
+        """The record ``on_job_start`` would have written for ``job_dir``, from its saved
+        ``config`` (see :meth:`_saved_config`; interpolations resolve here, in the launching
+        process); without it, one that names only the job's dir, and its number when the
+        dir is named by it (``hydra.sweep.subdir`` is ``${hydra.job.num}``)."""
         assert self.launch is not None and self._config is not None
-        config = self._saved_config(job_dir)
         if config is not None:
             with contextlib.suppress(Exception):  # an interpolation that does not resolve here
                 return self._job_record(config, job_dir, start_time, pid=None)  # the job's pid is not known
