@@ -216,8 +216,9 @@ def test_sweeps_into_the_same_dir_each_get_their_own_parent(cli: Cli, background
         assert parent.info.start_time <= min(c.info.start_time for c in children)
 
 
-def test_a_sweep_over_tracking_tracks_only_the_tracked_jobs(cli: Cli) -> None:
-    res = cli.sweep("tracking.enabled=true,false", "tracking.log_model=false")
+@pytest.mark.parametrize("extra", [[], ["hydra.output_subdir=null"]])
+def test_a_sweep_over_tracking_tracks_only_the_tracked_jobs(cli: Cli, extra: list[str]) -> None:
+    res = cli.sweep("tracking.enabled=true,false", "tracking.log_model=false", *extra)
     assert res.code == 0, res.stderr
     all_runs = runs(cli)
     [job] = by_kind(all_runs, "job")

@@ -444,6 +444,8 @@ class TrackingCallback(Callback):
             saved = self._saved_config(job_dir) if fresh else None  # not an earlier launch's files
             if saved is not None and not self._job_tracked(saved):
                 return  # a job this launch ran untracked (a sweep over tracking settings)
+            if saved is None and returned:
+                return  # it ran, but without its config it cannot be told from an untracked one
             started = written if fresh and written is not None else changed
             record = self._record_from_dir(job_dir, saved, start_time=int(started * 1000))
             _drop_receipt(job_dir)
