@@ -547,38 +547,36 @@ def test_interrupt_while_the_sweep_ends_leaves_no_run_running(cli: Cli) -> None:
     assert (sweep / "report.png").exists()
 
 
-# Lab's first save of a finished job record fails, as on a full disk: its on_job_end raises,
-# which Hydra turns into a warning, and the job's record stays RUNNING.
+# Lab's first save of a job record fails, as on a full disk: at the job's end
+# (FailFirstFinalSave: its on_job_end raises, and the record stays RUNNING) or at its start
+# (FailFirstStartSave: on_job_start raises, and there is no record). Hydra only warns.
 FAULTY_MODULE = """
 from hydra.experimental.callback import Callback
 from lab.records import JobRecord
 
 _save = JobRecord.save
-_failed = []
 
 
-def _failing_save(record):
-    if record.finished and record.tags.get("lab.kind") == "job" and not _failed:
-        _failed.append(record.job_dir)
-        raise OSError(28, "No space left on device")
-    _save(record)
+def _fail_first_job_save(finished):
+    failed = []
+
+    def save(record):
+        if record.finished == finished and record.tags.get("lab.kind") == "job" and not failed:
+            failed.append(record.job_dir)
+            raise OSError(28, "No space left on device")
+        _save(record)
+
+    JobRecord.save = save
 
 
 class FailFirstFinalSave(Callback):
     def __init__(self):
-        JobRecord.save = _failing_save
-
-
-def _failing_first_save(record):
-    if not record.finished and record.tags.get("lab.kind") == "job" and not _failed:
-        _failed.append(record.job_dir)
-        raise OSError(28, "No space left on device")
-    _save(record)
+        _fail_first_job_save(finished=True)
 
 
 class FailFirstStartSave(Callback):
     def __init__(self):
-        JobRecord.save = _failing_first_save
+        _fail_first_job_save(finished=False)
 
 
 class SlowEndWriter(Callback):  # writes into the job dir well after its metrics (a user's plot)

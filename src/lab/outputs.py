@@ -34,6 +34,8 @@ __all__ = [
     "MTIME_SLACK_S",
     "TRACEBACK_FILE",
     "clear_earlier_run",
+    "file_written_since",
+    "hydra_files_written",
     "job_status",
     "last_written",
     "read_metrics",
@@ -41,6 +43,7 @@ __all__ = [
     "read_overrides",
     "write_failure",
     "write_result",
+    "written_since",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -143,6 +146,21 @@ def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:
         except OSError:
             return -math.inf
     return max(times)
+
+
+def written_since(mtime: float | None, start_s: float) -> bool:
+    """Whether a file written at ``mtime`` (epoch seconds) belongs to a job or launch that
+    started at ``start_s``: what an earlier one left in a re-used dir is older (see
+    :data:`MTIME_SLACK_S`)."""
+    return mtime is not None and mtime >= start_s - MTIME_SLACK_S
+
+
+def file_written_since(path: Path, start_s: float) -> bool:
+    """:func:`written_since` for the file at ``path``; False when there is none."""
+    try:
+        return written_since(path.stat().st_mtime, start_s)
+    except OSError:
+        return False
 
 
 def hydra_files_written(job_dir: Path, output_subdir: str | None) -> float | None:

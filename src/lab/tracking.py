@@ -113,15 +113,6 @@ def _record_uid(job_dir: Path) -> str | None:
         return None
 
 
-def _written_since(path: Path, start_time_ms: int) -> bool:
-    """Whether ``path`` was written by a job that started at ``start_time_ms`` (not left by
-    an earlier launch in a re-used dir)."""
-    try:
-        return path.stat().st_mtime >= start_time_ms / 1000 - outputs.MTIME_SLACK_S
-    except OSError:
-        return False
-
-
 def _drop_receipt(job_dir: Path) -> None:
     """Before a new record goes into a re-used dir: the receipt and the failure note there
     are an earlier run's, and would pass for the new record's."""
@@ -337,6 +328,7 @@ class TrackingCallback(Callback):
     def _end(self, status: str | None, job_failed: bool) -> None:
         config = self._config
         assert config is not None and self.launch is not None
+        dirs = None
         if status is not None:
             # No worker may start or end a job once we decide what the open ones became.
             _stop_workers(spare=self._publisher_proc.pid if self._publisher_proc else None)
@@ -347,9 +339,10 @@ class TrackingCallback(Callback):
             # Every job has returned: a record still open, or missing from a dir this launch
             # wrote, is one whose end or start was never written (lab's on_job_end or
             # on_job_start raised, which Hydra turns into a warning).
-            for job_dir in self._job_dirs(config):
+            dirs = self._job_dirs(config)
+            for job_dir in dirs:
                 self._end_open_record(job_dir, "FAILED", returned=True)
-        ours = self._launch_dirs(config)  # after any open records were ended above
+        ours = self._launch_dirs(config, dirs)  # after any open records were ended above
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)
@@ -418,12 +411,14 @@ class TrackingCallback(Callback):
 
         return job_dirs(Path(self.launch.sweep_dir), bare=bare, output_subdir=_output_subdir(config))
 
-    def _launch_dirs(self, config: DictConfig) -> list[Path]:
-        """The job dirs of this launch only: a re-used sweep dir also holds earlier ones'.
-        Tracked, those holding this launch's record; untracked, those it wrote in."""
+    def _launch_dirs(self, config: DictConfig, dirs: list[Path] | None = None) -> list[Path]:
+        """The job dirs of this launch only, among ``dirs`` (default: :meth:`_job_dirs`): a
+        re-used sweep dir also holds earlier ones'. Tracked, those holding this launch's
+        record; untracked, those it wrote in."""
+        dirs = self._job_dirs(config) if dirs is None else dirs
         if self._enabled(config):
-            return [d for d in self._job_dirs(config) if self._own_record(d) is not None]
-        return [d for d in self._job_dirs(config) if self._touched(d) is not None]
+            return [d for d in dirs if self._own_record(d) is not None]
+        return [d for d in dirs if self._touched(d) is not None]
 
     def _end_open_record(self, job_dir: Path, status: str, returned: bool = False) -> None:
         """A job the launch left RUNNING, or without a record: KILLED after a signal, FAILED
@@ -433,26 +428,12 @@ class TrackingCallback(Callback):
         record = self._own_record(job_dir)
         rebuilt = record is None
         if record is None:
-            changed = self._touched(job_dir)
-            if changed is None:
-                return  # left by an earlier launch (a re-used sweep dir), untouched by this one
-            # Stopped in the few ms between Hydra creating its dir and on_job_start, or that
-            # on_job_start failed: the record that would have been written, started when
-            # Hydra wrote the job's files (just before on_job_start), else at its last write.
-            written = outputs.hydra_files_written(job_dir, _output_subdir(self._config))
-            fresh = written is not None and written >= self.launch.started - outputs.MTIME_SLACK_S
-            saved = self._saved_config(job_dir) if fresh else None  # not an earlier launch's files
-            if saved is not None and not self._job_tracked(saved):
-                return  # a job this launch ran untracked (a sweep over tracking settings)
-            if saved is None and returned:
-                return  # it ran, but without its config it cannot be told from an untracked one
-            started = written if fresh and written is not None else changed
-            record = self._record_from_dir(job_dir, saved, start_time=int(started * 1000))
-            _drop_receipt(job_dir)
-            self._save_sweep_record(record, self._config)
+            record = self._rebuilt_record(job_dir, returned)
+            if record is None:
+                return
         elif record.finished:
             return
-        if _written_since(job_dir / outputs.METRICS_FILE, record.start_time):
+        if outputs.file_written_since(job_dir / outputs.METRICS_FILE, record.start_time / 1000):
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
             # (Not metrics an earlier launch left in a re-used dir.)
             _complete(record, job_dir, None, log_model=bool(self._config.tracking.log_model))
@@ -462,7 +443,7 @@ class TrackingCallback(Callback):
         if returned:
             record.error = (
                 failure_reason(job_dir, {})  # the job's own failure says more
-                if _written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time)
+                if outputs.file_written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time / 1000)
                 else f"the job returned, but its record was never {'written' if rebuilt else 'completed'}"
             )
         elif status == "KILLED" and self._signal is not None:
@@ -473,6 +454,30 @@ class TrackingCallback(Callback):
         record.artifacts = _artifacts(job_dir, record.output_subdir)
         record.save()
         self._submit(record, job_dir)
+
+    def _rebuilt_record(self, job_dir: Path, returned: bool) -> JobRecord | None:
+        """The record ``on_job_start`` would have written in ``job_dir``, for a job stopped in
+        the few ms between Hydra creating its dir and on_job_start, or whose on_job_start
+        failed; saved, and started when Hydra wrote the job's files (just before
+        on_job_start), else at the dir's last write. None for a dir this launch did not
+        touch, for a job it ran untracked, and, once every job has ``returned``, for one
+        whose config is not there to tell."""
+        assert self.launch is not None and self._config is not None
+        changed = self._touched(job_dir)
+        if changed is None:
+            return None  # left by an earlier launch (a re-used sweep dir), untouched by this one
+        written = outputs.hydra_files_written(job_dir, _output_subdir(self._config))
+        fresh = written is not None and outputs.written_since(written, self.launch.started)
+        saved = self._saved_config(job_dir) if fresh else None  # not an earlier launch's files
+        if saved is not None and not self._job_tracked(saved):
+            return None  # a job this launch ran untracked (a sweep over tracking settings)
+        if saved is None and returned:
+            return None  # it ran, but without its config it cannot be told from an untracked one
+        started = written if written is not None and fresh else changed
+        record = self._record_from_dir(job_dir, saved, start_time=int(started * 1000))
+        _drop_receipt(job_dir)
+        self._save_sweep_record(record, self._config)
+        return record
 
     def _own_record(self, job_dir: Path) -> JobRecord | None:
         """The record a job of this launch wrote in ``job_dir``, if any (not one an earlier
@@ -491,7 +496,7 @@ class TrackingCallback(Callback):
         the dir is what an earlier launch left in a re-used sweep dir."""
         assert self.launch is not None and self._config is not None
         changed = outputs.last_written(job_dir, _output_subdir(self._config))
-        return None if changed < self.launch.started - outputs.MTIME_SLACK_S else changed
+        return changed if outputs.written_since(changed, self.launch.started) else None
 
     def _saved_config(self, job_dir: Path) -> DictConfig | None:
         """The job's config with its ``hydra`` node, from the files ``run_job`` saved in
