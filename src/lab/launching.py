@@ -7,14 +7,15 @@ the largest cost of a sweep job after the fit itself (py-spy, 200 iris jobs: abo
 of the launcher's time). :func:`run_job` here is Hydra's function with four changes and
 nothing else:
 
-- ``HydraConfig`` is set once; the job's ``runtime.output_dir`` is then written into both
-  the config and ``HydraConfig``'s copy, which is exactly what the second call produced.
-  That copy (``OmegaConf.masked_copy(config, "hydra")``, 5.3 ms) is made by pickling the
-  ``hydra`` node (2.3 ms): :func:`set_hydra_config`.
+- ``HydraConfig`` is set once, and without a copy: Hydra stores a masked copy of the job
+  config's ``hydra`` node (``OmegaConf.masked_copy``, ~5 ms), made read-only and parented
+  back to the job config; :func:`set_hydra_config` stores that node itself, already
+  read-only and parented there. The job's ``runtime.output_dir`` is then written into it,
+  which is exactly what Hydra's second call produced.
 - The task's config is a deep copy of everything but ``hydra`` (the node is kept out of
   the copy through the ``memo`` argument, then deleted as Hydra deletes it).
 - The job's ``hydra_cfg`` (its ``JobReturn.hydra_cfg`` and ``.hydra/hydra.yaml``) is
-  ``HydraConfig``'s copy itself: it is read-only, and Hydra drops it from the singleton
+  ``HydraConfig``'s root itself: it is read-only, and Hydra drops it from the singleton
   when the job ends.
 - The ``.hydra/*.yaml`` files are emitted by libyaml (PyYAML's C emitter) with OmegaConf's
   own representers: the same bytes, at a fifth of the cost (``hydra.yaml`` took ~6 ms).
@@ -103,32 +104,26 @@ def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
         file.write(to_yaml(cfg))
 
 
-def masked_hydra_copy(config: DictConfig) -> DictConfig:
-    """``OmegaConf.masked_copy(config, "hydra")``: a new root holding a copy of the ``hydra``
-    node, made by pickling the node (its parent detached meanwhile, so only it is copied)
-    instead of OmegaConf's node-by-node deep copy."""
-    node = config._get_node("hydra")
-    assert isinstance(node, DictConfig)
-    node._set_parent(None)
-    try:
-        data = pickle.dumps(node, protocol=pickle.HIGHEST_PROTOCOL)
-    finally:
-        node._set_parent(config)
-    root = DictConfig(content={})
-    root._set_flag("no_deepcopy_set_nodes", True)  # the node is a fresh copy already
-    root["hydra"] = pickle.loads(data)
-    root._set_flag("no_deepcopy_set_nodes", None)
-    return root
-
-
 def set_hydra_config(config: DictConfig) -> None:
-    """``HydraConfig.instance().set_config(config)`` with :func:`masked_hydra_copy`."""
+    """``HydraConfig.instance().set_config(config)``, sharing the job config's ``hydra``
+    node instead of copying it.
+
+    Hydra stores ``OmegaConf.masked_copy(config, "hydra")`` with the copied node's parent
+    set back to ``config``. The node is read-only from here on, and ``config`` is the
+    job's own (composed for it, dropped after it), so a copy can never differ from it:
+    the root holds the node itself, whose parent stays ``config``.
+    """
     OmegaConf.set_readonly(config.hydra, True)
     hydra_node_type = OmegaConf.get_type(config, "hydra")
     assert hydra_node_type is not None and issubclass(hydra_node_type, HydraConf)
-    masked = masked_hydra_copy(config)
-    masked.hydra._set_parent(config)
-    HydraConfig.instance().cfg = masked  # type: ignore[assignment]  # as Hydra stores it
+    node = config._get_node("hydra")
+    assert isinstance(node, DictConfig)
+    root = DictConfig(content={})
+    root._set_flag("no_deepcopy_set_nodes", True)
+    root["hydra"] = node  # re-parents the node to root ...
+    root._set_flag("no_deepcopy_set_nodes", None)
+    node._set_parent(config)  # ... and back: interpolations reach the job config
+    HydraConfig.instance().cfg = root  # type: ignore[assignment]  # as Hydra stores it
 
 
 def copy_without_hydra(config: DictConfig) -> DictConfig:
@@ -151,7 +146,7 @@ def run_job(
     hydra_context: HydraContext,
     configure_logging: bool = True,
 ) -> JobReturn:
-    """Hydra's ``hydra.core.utils.run_job`` (1.3.8) with two fewer config copies; see the module doc."""
+    """Hydra's ``hydra.core.utils.run_job`` (1.3.8) copying only the task's config; see the module doc."""
     _check_hydra_context(hydra_context)
     callbacks = hydra_context.callbacks
 
