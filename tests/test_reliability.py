@@ -332,12 +332,19 @@ def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     assert client.search_experiments()
 
 
-def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("publishing", ["background", "inline"])
+def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(
+    cli: Cli, tmp_path: Path, publishing: str
+) -> None:
+    """Inline (``tracking=server``'s way), the sweep's parent run is made before any job runs:
+    a store that is down then must not stop the jobs either."""
+    extra = ["tracking.background=false"] if publishing == "inline" else []
     started = time.monotonic()
-    res = cli.sweep("seed=1,2", MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    res = cli.sweep("seed=1,2", *extra, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     elapsed = time.monotonic() - started
     assert res.code == 3, res.stderr  # trained, but tracking is pending
     assert elapsed < 90  # MLflow's default retries would block for minutes
+    assert "lab: job failed" not in res.stderr
     assert "Connection refused" in res.stderr and "python -m lab.runs sync" in res.stderr
     sweep = cli.cwd / "outputs" / "sweep"
     for job in ("0", "1"):

@@ -158,6 +158,8 @@ class TrackingCallback(Callback):
         self._sweep_saved = False  # this process has seen the sweep's record written
         self._ending = False  # _finish is recording the launch's end: signals wait
         self._publisher_reported = False
+        self._inline_broken: str | None = None  # why this process stopped publishing inline
+        self._inline_failures = 0  # inline publications failed in a row
 
     def __getstate__(self) -> dict[str, Any]:
         # Jobs get a pickled copy: only the launch facts travel, not the publisher process.
@@ -170,6 +172,8 @@ class TrackingCallback(Callback):
             "_sweep_saved": False,
             "_ending": False,
             "_publisher_reported": False,
+            "_inline_broken": None,
+            "_inline_failures": 0,
         }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -264,9 +268,14 @@ class TrackingCallback(Callback):
         assert self.launch is not None
         self.launch.n_jobs = n_jobs
         if self._enabled(config) and not config.tracking.background:
-            from lab.publishing import Publisher
+            launch = self.launch
 
-            self.launch.parent_run_id = Publisher(self.launch.uri).parent_run(self._sweep_record(config))
+            def create_parent(publisher: Any) -> None:
+                launch.parent_run_id = publisher.parent_run(self._sweep_record(config))
+
+            # Unreachable store: the jobs still run, and their records stay pending (the
+            # sweep's too, written by its first job), as with background publishing.
+            self._publish_inline(create_parent, None)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         job_return: JobReturn = kwargs["job_return"]
@@ -724,19 +733,39 @@ class TrackingCallback(Callback):
         # search: each call has a fresh Publisher, so the job's end finds the run its start made
         self._publish_inline(lambda p: p.publish(record, sweep, search=True), record)
 
-    def _publish_inline(self, action: Any, record: JobRecord) -> None:
-        from lab.publishing import Publisher
+    def _publish_inline(self, action: Any, record: JobRecord | None) -> None:
+        """Publish from this process; a failure leaves ``record`` pending (noted in its job
+        dir). Once the store could not be opened, or two publications in a row failed, the
+        store is taken to be down for the rest of this process: later records are left
+        pending at once instead of each waiting for time-outs (the background publisher's
+        rule)."""
+        from lab.publishing import Publisher, error_line
 
         assert self.launch is not None
+        if self._inline_broken is not None:
+            if record is not None:
+                note_pending(record, self._inline_broken)
+            return
+        opened = False
         try:
             publisher = Publisher(self.launch.uri)
+            opened = True
             if self.launch.parent_run_id and self.launch.sweep_dir:
                 publisher._parents[self.launch.uid] = self.launch.parent_run_id
             action(publisher)
+            self._inline_failures = 0
         except Exception as exc:  # noqa: BLE001 - tracking must never lose the job's result
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            print(f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]})", file=sys.stderr)
-            note_pending(record, reason)
+            reason = error_line(exc)
+            self._inline_failures += 1
+            if not opened or self._inline_failures >= 2:
+                self._inline_broken = reason
+            print(
+                f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]}); records stay pending "
+                "in each job's tracking.json; upload them later with `python -m lab.runs sync`",
+                file=sys.stderr,
+            )
+            if record is not None:
+                note_pending(record, reason)
 
 
 def _pin_sweep_dir(config: DictConfig) -> str:
