@@ -1,6 +1,9 @@
 # lab: every recipe runs inside the locked environment (uv run --locked ...).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# recipe arguments reach commands as "$@", each one word as typed: overrides such as
+# 'seed=${threads}', 'seed=choice(1,2)' or 'tracking.experiment=my exp' stay intact
+set positional-arguments
 
 uv := "uv run --locked"
 jobs := `python3 -c 'import os; print(min(4, os.cpu_count() or 1))'`
@@ -16,19 +19,19 @@ setup:
 
 # one training run; overrides pass through, e.g. `just train model.C=0.5 data=wine`
 train *ARGS:
-    {{uv}} python -m lab.train {{ARGS}}
+    {{uv}} python -m lab.train "$@"
 
 # a seed × C grid on worker processes forked from the launcher, one per CPU (at most 4); extra overrides pass through
 sweep *ARGS:
-    {{uv}} python -m lab.train --multirun seed=1,2,3 model.C=0.01,0.1,1,10 hydra.launcher.n_jobs={{jobs}} {{ARGS}}
+    {{uv}} python -m lab.train --multirun seed=1,2,3 model.C=0.01,0.1,1,10 hydra.launcher.n_jobs={{jobs}} "$@"
 
 # fast tests (skips slow and browser tests)
 test *ARGS:
-    {{uv}} pytest {{ARGS}}
+    {{uv}} pytest "$@"
 
 # every test, including slow (Ray, PostgreSQL, concurrency) and e2e (Chromium) ones; lists the slowest
 test-all *ARGS:
-    {{uv}} pytest -m "" --durations=20 {{ARGS}}
+    {{uv}} pytest -m "" --durations=20 "$@"
 
 # ruff lint and format check
 lint:
@@ -58,7 +61,7 @@ server port="5000":
 
 # the performance targets of issue 4 against a plain scikit-learn loop; writes BENCHMARKS.md
 bench *ARGS:
-    {{uv}} python bench/run.py {{ARGS}}
+    {{uv}} python bench/run.py "$@"
 
 # build the container image (docker; else podman, e.g. `podman build --isolation chroot --pull=never -t lab:dev .`)
 docker-build tag="lab:dev":
@@ -66,7 +69,7 @@ docker-build tag="lab:dev":
 
 # train in the container; outputs/, mlflow.db and mlruns/ stay in this directory (mounted at the same path)
 docker-run tag="lab:dev" *ARGS:
-    $(command -v docker || command -v podman) run --rm --user "$(id -u):$(id -g)" -v "$PWD:$PWD" -w "$PWD" {{tag}} python -m lab.train {{ARGS}}
+    $(command -v docker || command -v podman) run --rm --user "$(id -u):$(id -g)" -v "$PWD:$PWD" -w "$PWD" {{tag}} python -m lab.train "${@:2}"
 
 # remove outputs, the local store and caches
 clean:

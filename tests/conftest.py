@@ -24,6 +24,18 @@ from lab.train import CONFIG_DIR
 register_configs()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def just_exe() -> str:
+    """The locked environment's ``just`` (a dev dependency), else one on PATH."""
+    exe = Path(sys.executable).parent / "just"
+    found = str(exe) if exe.exists() else shutil.which("just")
+    if found is None:
+        pytest.skip("just not installed: run `uv sync --locked`")
+    return found
+
+
 MakeConfig = Callable[..., TrainConfig]
 
 

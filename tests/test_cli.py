@@ -12,9 +12,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow.entities import Run
 
-from tests.conftest import Cli, publishers_in, store_runs
+from tests.conftest import ROOT, Cli, just_exe, publishers_in, store_runs
 
 
 def runs(cli: Cli, experiment: str = "lab") -> list[Run]:
@@ -298,3 +299,29 @@ def test_jobs_that_chdir_still_write_to_the_launchs_relative_sqlite_store(cli: C
     children = by_kind(all_runs, "job")
     assert len(children) == 2
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seed=${threads}", "tracking.experiment=my exp", "tracking=none"],
+        ["--multirun", "seed=choice(1,2)", "model.C='0.5'", "tracking=none"],
+    ],
+)
+def test_just_passes_each_override_through_as_typed(cli: Cli, args: list[str]) -> None:
+    """Recipe arguments reach lab.train as the words the user typed: no shell expansion
+    (``${threads}``), no syntax errors (``choice(1,2)``), no word splitting or unquoting."""
+    proc = subprocess.run(
+        [just_exe(), "--justfile", str(ROOT / "justfile"), "--working-directory", str(cli.cwd), "train", *args],
+        cwd=cli.cwd,
+        env=cli.env(UV_PROJECT=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    saved = sorted((cli.cwd / "outputs").glob("*/*/*/**/overrides.yaml"))
+    overrides = [o for o in args if o != "--multirun"]
+    assert saved and all(yaml.safe_load(f.read_text())[1:] == overrides[1:] for f in saved), saved
+    first = [yaml.safe_load(f.read_text())[0] for f in saved]
+    assert first == (["seed=1", "seed=2"] if "--multirun" in args else ["seed=${threads}"])

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,7 +18,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Request, Route, ViewportSize, expect, sync_playwright
 
-from tests.conftest import Cli
+from tests.conftest import Cli, just_exe
 from tests.servers import mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,18 +42,10 @@ def shown(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _just() -> str:
-    exe = Path(sys.executable).parent / "just"
-    found = str(exe) if exe.exists() else shutil.which("just")
-    if found is None:
-        pytest.skip("just not installed: run `uv sync --locked`")
-    return found
-
-
 @pytest.mark.parametrize("recipe", ["ui", "server"])
 def test_just_ui_and_server_bind_loopback_only(recipe: str) -> None:
     proc = subprocess.run(
-        [_just(), "--dry-run", recipe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        [just_exe(), "--dry-run", recipe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     command = (proc.stdout + proc.stderr).strip()
     assert f"mlflow {recipe} " in command, command
