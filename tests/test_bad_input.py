@@ -55,6 +55,12 @@ CASES = [
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
     (["--multirun", "model.C=interval(0,1)"], "does not support sweep type : INTERVAL_SWEEP"),
+    # set once per launch: varied per job, params would name a store or experiment the run is not in
+    (["--multirun", "tracking.experiment=a,b"], "tracking.experiment='a': one value for the whole sweep"),
+    (["--multirun", "tracking.uri=sqlite:///a.db,sqlite:///b.db"], "tracking.uri='sqlite:///a.db': one value"),
+    (["--multirun", "tracking.background=true,false"], "tracking.background=False: one value for the whole sweep"),
+    (["--multirun", "tracking.timeout_s=5,10"], "tracking.timeout_s=5.0: one value for the whole sweep"),
+    (["--multirun", "tracking=none", "tracking.enabled=false,true"], "tracking.enabled=True: false in every job"),
     (["--multirun", "search=optuna", "split.test_size=2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: an integer >= 1"),
 ]

@@ -325,3 +325,15 @@ def test_just_passes_each_override_through_as_typed(cli: Cli, args: list[str]) -
     assert saved and all(yaml.safe_load(f.read_text())[1:] == overrides[1:] for f in saved), saved
     first = [yaml.safe_load(f.read_text())[0] for f in saved]
     assert first == (["seed=1", "seed=2"] if "--multirun" in args else ["seed=${threads}"])
+
+
+def test_sweep_jobs_may_interpolate_their_own_job_number(cli: Cli) -> None:
+    """``${hydra:job.num}`` resolves when each job is validated up front, as when it runs."""
+    res = cli.sweep("model.C=0.1,1", "seed=${hydra:job.num}", "tracking=none")
+    assert res.code == 0, res.stderr
+    sweep = cli.cwd / "outputs" / "sweep"
+    assert [yaml.safe_load((sweep / j / ".hydra" / "config.yaml").read_text())["seed"] for j in "01"] == [
+        "${hydra:job.num}"
+    ] * 2
+    assert ["training logreg on iris, holdout split, seed 0" in (sweep / "0" / "train.log").read_text()] == [True]
+    assert "seed 1" in (sweep / "1" / "train.log").read_text()

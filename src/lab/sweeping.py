@@ -9,18 +9,25 @@ reported by :class:`lab.tracking.TrackingCallback` once the sweep is over.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lab.config import ConfigError
+from lab.config import ConfigError, TrainConfig
 from lab.validation import check_job, describe, fail, hydra_config
 
-__all__ = ["run_sweep"]
+__all__ = ["LAUNCH_WIDE", "check_launch_wide", "run_sweep"]
+
+# Tracking settings the launch reads once, for all its jobs: one sweep is one parent run,
+# in one store and experiment, published one way. A job may turn tracking off, not on.
+LAUNCH_WIDE = ("uri", "experiment", "background", "timeout_s")
 
 
 def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobReturn]]:
@@ -34,12 +41,15 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     batches = sweeper.split_arguments(overrides, sweeper.max_batch_size)
 
     with hydra_config(sweeper.config):
-        for batch in batches:
-            for job in batch:
-                try:
-                    check_job(loader.load_sweep_config(sweeper.config, list(job)))
-                except ConfigError as exc:
-                    raise fail(f"{describe(exc)} (in sweep job: {' '.join(job)})") from None
+        for idx, job in enumerate(job for batch in batches for job in batch):
+            try:
+                cfg = loader.load_sweep_config(sweeper.config, list(job))
+                with open_dict(cfg):  # numbered as the launcher numbers it: ${hydra:job.num} resolves
+                    cfg.hydra.job.id = cfg.hydra.job.num = idx
+                with _as_hydra_config(cfg):
+                    check_launch_wide(sweeper.config, check_job(cfg))
+            except ConfigError as exc:
+                raise fail(f"{describe(exc)} (in sweep job: {' '.join(job)})") from None
     n_jobs = sum(len(b) for b in batches)
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)
@@ -56,3 +66,39 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
         done += len(batch)
         returns.append(list(results))
     return returns
+
+
+def check_launch_wide(launch: DictConfig, job: TrainConfig) -> None:
+    """Refuse a sweep job whose tracking differs from its launch's where only the launch's
+    counts (:data:`LAUNCH_WIDE`, and tracking turned on in an untracked launch): its params
+    would name a store or experiment its run is not in, or its record would never be
+    published. Raises :class:`ConfigError`."""
+    for key in LAUNCH_WIDE:
+        value, launch_value = getattr(job.tracking, key), OmegaConf.select(launch, f"tracking.{key}")
+        if value != launch_value:
+            raise ConfigError(
+                f"tracking.{key}",
+                value,
+                "one value for the whole sweep (one parent run, in one store): set it once, not per job",
+            )
+    if job.tracking.enabled and not OmegaConf.select(launch, "tracking.enabled"):
+        raise ConfigError(
+            "tracking.enabled",
+            True,
+            "false in every job when the launch is untracked; to track only some jobs, track the launch "
+            "and turn tracking off in the others",
+        )
+
+
+@contextlib.contextmanager
+def _as_hydra_config(cfg: DictConfig) -> Iterator[None]:
+    """``HydraConfig`` set from the job's own config for the while, as the launcher sets it."""
+    from lab.launching import set_hydra_config
+
+    holder = HydraConfig.instance()
+    before = holder.cfg
+    try:
+        set_hydra_config(cfg)
+        yield
+    finally:
+        holder.cfg = before
