@@ -7,6 +7,7 @@ real ``mlflow server`` on a loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -279,6 +280,53 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
     [parent] = kinds(runs, "sweep")
     assert parent.info.status == "FAILED"
     assert any(r.info.status == "FAILED" for r in kinds(runs, "job"))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_forked_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: Cli) -> None:
+    """SIGKILL to the launcher alone (the OOM killer): its forked workers must not wait
+    forever for jobs, holding the publisher's stdin open, so that the publisher, too, would
+    never end and never end the open job runs."""
+    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS["forked"])
+    sweep = cli.cwd / "outputs" / "sweep"
+    wait_for_job_in_flight(sweep, started_after=0)
+    [publisher] = publishers_in(cli.cwd)
+    workers = [pid for pid in _children(proc.pid) if pid != publisher]
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    try:
+        while any(_alive(pid) for pid in [*workers, publisher]):
+            assert time.monotonic() < deadline, [pid for pid in [*workers, publisher] if _alive(pid)]
+            time.sleep(0.2)
+    finally:  # never leave them behind, whatever the outcome
+        for pid in [*workers, publisher]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    jobs = kinds(store_runs(cli.uri), "job")
+    assert jobs and {r.info.status for r in jobs} <= TERMINAL
+    assert any(r.info.status == "KILLED" for r in jobs)
 
 
 @pytest.mark.fresh_store

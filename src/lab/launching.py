@@ -293,21 +293,38 @@ class LabLauncher(BasicLauncher):
 # What a fork must not share is reset in the worker (_init_worker): the launcher's signal
 # handlers, and any SQLAlchemy connection pool that MLflow opened in the launching process
 # (tracking.background=false creates the sweep's parent run there), per SQLAlchemy's own
-# recipe for forked processes. lab starts no thread in the launching process, and
-# ProcessPoolExecutor forks every worker before it starts its own manager thread, so no
-# lock is copied while another thread holds it. A worker that dies (OOM killer, segfault)
+# recipe for forked processes. A worker also dies with the launcher (Linux's
+# PR_SET_PDEATHSIG): killed outright (SIGKILL, the OOM killer), the launcher would leave its
+# workers waiting forever for jobs, and holding open the background publisher's stdin, so
+# that the publisher never saw the launch end and never ended its open runs. lab starts no
+# thread in the launching process, and ProcessPoolExecutor forks every worker (from the
+# main thread, whose end the death signal follows) before it starts its own manager
+# thread, so no lock is copied while another thread holds it. A worker that dies (OOM killer, segfault)
 # breaks the pool: every job still running is stopped, and launch raises BrokenProcessPool,
 # which fails the sweep, as a dead loky worker does under joblib.
 
 _forked_from: LabLauncher | None = None  # the launcher whose jobs a forked worker runs
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _init_worker() -> None:
+def _die_with(launcher_pid: int) -> None:
+    """SIGTERM (default action: exit) to this process when the thread that forked it, the
+    launcher's main thread, ends; at once if the launcher is already gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(launcher_pid: int) -> None:
     # The launching process stops its workers with SIGTERM on Ctrl-C or SIGTERM
     # (lab.tracking), and a Ctrl-C in a terminal also reaches them directly: ignored here,
     # so that a job is never cut by KeyboardInterrupt half-way through its callbacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with(launcher_pid)
     store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     if store is not None:
         for engine in list(store.SqlAlchemyStore._engine_map.values()):
@@ -329,7 +346,9 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
     """Run ``jobs`` on ``workers`` processes forked from this one; their returns, in job order."""
     global _forked_from
     _forked_from = launcher
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_worker)
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),)
+    )
     try:
         futures = [executor.submit(_run_forked_job, idx, overrides) for idx, overrides in jobs]
         return [future.result() for future in futures]
