@@ -97,6 +97,38 @@ def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_no
     assert not later.synced
 
 
+def test_a_run_ended_for_want_of_news_loses_its_error_once_its_record_says_finished(
+    tmp_path: Path, migrated_store: Path
+) -> None:
+    """`lab.runs reap` (or the publisher, after losing the launcher) ends a silent run FAILED
+    with a ``lab.error`` tag; when `sync` later publishes the job's FINISHED record, the run
+    must not stay tagged with an error that never happened."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    record = JobRecord(
+        uid="launch-0",
+        job_dir=str(job_dir),
+        run_name="0",
+        experiment="lab",
+        tracking_uri=uri,
+        status="RUNNING",
+        start_time=1_700_000_000_000,
+        params={"seed": "1"},
+        tags={"lab.job_uid": "launch-0", "lab.kind": "job"},
+    )
+    run_id = Publisher(uri).publish(record)  # the job's start reached MLflow, its end did not
+    client = mlflow.MlflowClient(uri)
+    client.set_tag(run_id, "lab.error", "abandoned: process 1 on host is gone")  # what reap does
+    client.set_terminated(run_id, status="FAILED")
+    finished = dataclasses.replace(record, status="FINISHED", end_time=1_700_000_001_000, metrics={"accuracy": 0.5})
+    assert Publisher(uri).publish(finished, search=True) == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"accuracy": 0.5}
+    assert "lab.error" not in run.data.tags
+
+
 @pytest.mark.parametrize(
     ("argv", "wanted"),
     [

@@ -245,6 +245,10 @@ class Publisher:
         params = {k: v for k, v in record.params.items() if k not in existing_params}
         new_tags = {k: v for k, v in tags.items() if existing_tags.get(k) != v}
         self._log_batch(run_id, params, record.metrics, time_ms=record.end_time or _now_ms(), tags=new_tags)
+        if "lab.error" in existing_tags and "lab.error" not in tags:
+            # the run was ended FAILED or KILLED for want of news (`lab.runs reap`, or the
+            # publisher after a lost launcher), and the job's record says it did not fail
+            self.client.delete_tag(run_id, "lab.error")
         self._log_artifacts(run_id, record)
         self.client.set_terminated(run_id, status=record.status, end_time=record.end_time)
         self._receipt(run_id, record)
