@@ -29,6 +29,7 @@ TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 SLOW_JOBS = ["seed=1,2,3,4,5,6", "model=random_forest", "model.n_estimators=300", "data=digits"]
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 LAUNCHERS = {"basic": [], "joblib": JOBLIB, "forked": ["hydra.launcher.n_jobs=2"]}
+DOWN = "http://127.0.0.1:9"  # nothing listens there: connection refused
 
 
 def kinds(runs: list[Run], kind: str) -> list[Run]:
@@ -421,6 +422,30 @@ def test_unreachable_server_leaves_pending_records_that_sync_uploads_once(
     assert not (sweep / "0" / "tracking.error.txt").exists()
 
 
+def test_pending_jobs_of_a_replaced_sweep_record_never_sync_under_the_later_sweep(cli: Cli) -> None:
+    """A sweep whose records are pending, then a smaller sweep into the same dir: the later
+    sweep's record replaces the earlier one's (said, not silent), and `sync` must not hang
+    the earlier sweep's jobs under the later sweep's parent run."""
+    fast = "tracking.log_model=false"
+    res = cli.sweep("seed=1,2,3", fast, MLFLOW_TRACKING_URI=DOWN)
+    assert res.code == 3, res.stderr
+    res = cli.sweep("seed=7", fast)
+    assert res.code == 0, res.stderr
+    assert "held an earlier sweep's record not yet in MLflow (FINISHED)" in res.stderr
+    res = cli.run("sync", "--force", module="lab.runs")
+    assert res.code == 0, res.stderr
+    assert "2 record(s) synced" in res.stdout  # the earlier sweep's jobs 1 and 2
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    by_seed = {r.data.params["seed"]: r for r in kinds(runs, "job")}
+    assert sorted(by_seed) == ["2", "3", "7"]
+    assert by_seed["7"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # the earlier sweep's parent run never reached MLflow: under no parent, not the wrong one
+    assert "mlflow.parentRunId" not in by_seed["2"].data.tags
+    assert "mlflow.parentRunId" not in by_seed["3"].data.tags
+    assert by_seed["2"].info.status == by_seed["3"].info.status == "FINISHED"
+
+
 def artifact_texts(client: mlflow.MlflowClient, run_id: str, dest: Path, path: str | None = None) -> list[str]:
     """The text of every artifact of the run, in subdirectories too (``.hydra/``, ``model/``)."""
     texts = []
@@ -497,9 +522,6 @@ def test_concurrent_writers_on_a_fresh_sqlite_store(cli: Cli) -> None:
 
     with sqlite3.connect(cli.cwd / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-DOWN = "http://127.0.0.1:9"  # nothing listens there: connection refused
 
 
 def test_failed_run_with_tracking_down_exits_1_for_the_job_and_sync_says_why_in_one_line(cli: Cli) -> None:

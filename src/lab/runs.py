@@ -77,8 +77,7 @@ def sync(root: Path, uri: str, force: bool = False) -> tuple[int, int]:
                 else:
                     continue
             else:
-                sweep = JobRecord.load(record.parent_dir) if record.parent_dir else None
-                publisher.publish(record, sweep, search=True)
+                publisher.publish(record, _own_sweep(publisher, record), search=True)
             (Path(record.job_dir) / PENDING_NOTE).unlink(missing_ok=True)
             published += 1
             print(f"synced {record.job_dir} ({record.status})")
@@ -86,6 +85,24 @@ def sync(root: Path, uri: str, force: bool = False) -> tuple[int, int]:
             failed += 1
             print(f"failed {record.job_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return published, failed
+
+
+def _own_sweep(publisher: Publisher, record: JobRecord) -> JobRecord | None:
+    """The record of the sweep ``record``'s job ran in. A later launch into the same sweep
+    dir replaces the sweep's record there (it warns when that one was never published); the
+    job then goes under its own sweep's parent run if MLflow has it, else under none, and
+    never under the later sweep's."""
+    if record.parent_dir is None:
+        return None
+    sweep = JobRecord.load(record.parent_dir)
+    if sweep.uid == record.parent_uid:
+        return sweep
+    experiment_id = publisher.experiment_id(record.experiment)
+    parent = publisher.find_run(experiment_id, "lab.sweep_uid", str(record.parent_uid), kind="sweep")
+    record.tags.pop("mlflow.parentRunId", None)
+    if parent is not None:
+        record.tags["mlflow.parentRunId"] = parent
+    return None
 
 
 def _pid_alive(pid: int) -> bool:

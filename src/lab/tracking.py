@@ -628,6 +628,16 @@ class TrackingCallback(Callback):
             return
         sweep_dir = Path(record.parent_dir)
         if _record_uid(sweep_dir) != self.launch.uid:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                earlier = JobRecord.load(sweep_dir)
+                if not earlier.synced:  # its parent run never got its end and summary: say so
+                    print(
+                        f"lab: warning: {sweep_dir} held an earlier sweep's record not yet in MLflow "
+                        f"({earlier.status}); this sweep replaces it. Its jobs' pending records still sync, "
+                        "under their own sweep's parent run if MLflow has it. Run `python -m lab.runs sync` "
+                        "before re-using a sweep dir to keep such records.",
+                        file=sys.stderr,
+                    )
             _drop_receipt(sweep_dir)
             self._sweep_record(config).save()
         self._sweep_saved = True
