@@ -54,6 +54,8 @@ CASES = [
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
+    (["--multirun", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an"),
+    (["--multirun", "seed=1,2", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0: an integer >= 1"),
     (["--multirun", "model.C=interval(0,1)"], "does not support sweep type : INTERVAL_SWEEP"),
     # set once per launch: varied per job, params would name a store or experiment the run is not in
     (["--multirun", "tracking.experiment=a,b"], "tracking.experiment='a': one value for the whole sweep"),

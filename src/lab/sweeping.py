@@ -35,6 +35,7 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     assert sweeper.launcher is not None
     assert sweeper.hydra_context is not None
     loader = sweeper.hydra_context.config_loader
+    _check_launch_settings(sweeper.config)
     params = sweeper._parse_config()
     params.extend(arguments)
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
@@ -102,3 +103,16 @@ def _as_hydra_config(cfg: DictConfig) -> Iterator[None]:
         yield
     finally:
         holder.cfg = before
+
+
+def _check_launch_settings(config: DictConfig) -> None:
+    """Sweeper and launcher settings that Hydra or joblib would only assert on, or fail the
+    sweep's jobs on, once its parent run exists."""
+    batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size")
+    if batch is not None and batch < 1:
+        error = ConfigError("hydra.sweeper.max_batch_size", batch, "an integer >= 1, or null for a single batch")
+        raise fail(describe(error) or str(error))
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if target.endswith("JoblibLauncher") and OmegaConf.select(config, "hydra.launcher.n_jobs") == 0:
+        error = ConfigError("hydra.launcher.n_jobs", 0, "an integer >= 1, or -1 for one per CPU (-2: all but one, …)")
+        raise fail(describe(error) or str(error))
