@@ -283,6 +283,29 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
     assert any(r.info.status == "FAILED" for r in kinds(runs, "job"))
 
 
+@pytest.mark.slow
+@pytest.mark.fresh_store
+def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
+    """Inline publishing creates a fresh sqlite store in the launcher (MLflow's migrations,
+    seconds of DDL that sqlite cannot roll back there). A Ctrl-C then waits for it: cut off
+    half-way, the store would be unusable for good."""
+    proc = start(cli, "--multirun", "seed=1,2", "tracking.background=false")
+    deadline = time.monotonic() + 60
+    while not (cli.cwd / "mlflow.db").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "no store created"
+        time.sleep(0.005)
+    time.sleep(0.3)  # into the migrations
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "letting MLflow finish setting up its store" in stderr
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    res = cli.train("seed=3", "tracking.log_model=false")  # and it takes runs
+    assert res.code == 0, res.stderr
+    assert [r.info.status for r in store_runs(cli.uri)] == ["FINISHED"]
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

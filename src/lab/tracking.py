@@ -157,6 +157,7 @@ class TrackingCallback(Callback):
         self._signal: int | None = None
         self._sweep_saved = False  # this process has seen the sweep's record written
         self._ending = False  # _finish is recording the launch's end: signals wait
+        self._opening_store = False  # MLflow may be creating the store (DDL): signals wait
         self._publisher_reported = False
         self._inline_broken: str | None = None  # why this process stopped publishing inline
         self._inline_failures = 0  # inline publications failed in a row
@@ -171,6 +172,7 @@ class TrackingCallback(Callback):
             "_signal": None,
             "_sweep_saved": False,
             "_ending": False,
+            "_opening_store": False,
             "_publisher_reported": False,
             "_inline_broken": None,
             "_inline_failures": 0,
@@ -194,6 +196,12 @@ class TrackingCallback(Callback):
             if pid != spare:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
+        if self._opening_store:
+            # Cut off mid-migration, a new sqlite store is left half-made for good (sqlite
+            # does not roll DDL back there): _open_store raises once the store is whole.
+            message = "lab: interrupted; letting MLflow finish setting up its store (again to stop at once)"
+            print(message, file=sys.stderr)
+            return
         raise Interrupted(signum)
 
     def _at_exit(self) -> None:
@@ -743,6 +751,20 @@ class TrackingCallback(Callback):
         # search: each call has a fresh Publisher, so the job's end finds the run its start made
         self._publish_inline(lambda p: p.publish(record, sweep, search=True), record)
 
+    def _open_store(self, publisher_type: Any) -> Any:
+        """``Publisher(uri)``, which creates and migrates the store when there is none yet,
+        with a Ctrl-C or SIGTERM held until it is done (:meth:`_on_signal`)."""
+        assert self.launch is not None
+        earlier = self._signal
+        self._opening_store = True
+        try:
+            publisher = publisher_type(self.launch.uri)
+        finally:
+            self._opening_store = False
+        if self._signal is not None and earlier is None and not self._ending:
+            raise Interrupted(self._signal)
+        return publisher
+
     def _publish_inline(self, action: Any, record: JobRecord | None) -> None:
         """Publish from this process; a failure leaves ``record`` pending (noted in its job
         dir). Once the store could not be opened, or two publications in a row failed, the
@@ -758,7 +780,7 @@ class TrackingCallback(Callback):
             return
         opened = False
         try:
-            publisher = Publisher(self.launch.uri)
+            publisher = self._open_store(Publisher)
             opened = True
             if self.launch.parent_run_id and self.launch.sweep_dir:
                 publisher._parents[self.launch.uid] = self.launch.parent_run_id
