@@ -158,6 +158,33 @@ def killed_sweep(cli: Cli, *args: str, stalls: int = 1) -> tuple[Run, list[Run]]
 
 
 @pytest.mark.slow
+def test_interrupted_launch_says_which_records_are_pending(cli: Cli) -> None:
+    """An interrupted launch whose records did not all reach MLflow says so, as a launch
+    that ends normally does: here publishing inline to a store that is down."""
+    (cli.cwd / "stall.py").write_text(STALL_MODULE)
+    args = ["--multirun", "seed=1,2", "hydra.sweep.dir=outputs/sweep", "tracking.background=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.train", *args, STALL_AT["hydra_files"]],
+        cwd=cli.cwd,
+        env=cli.env(MLFLOW_TRACKING_URI=DOWN),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(cli.cwd.glob("stalled-*")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "of this launch's MLflow records are pending" in err
+    pending = cli.run("pending", "outputs", module="lab.runs")
+    assert pending.stdout.count("KILLED") == 2, pending.stdout  # the job, and the sweep
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 @pytest.mark.parametrize("stall_at", list(STALL_AT))
 def test_job_interrupted_before_its_record_is_killed_too(cli: Cli, launcher: str, stall_at: str) -> None:

@@ -364,8 +364,6 @@ class TrackingCallback(Callback):
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)
         self._wait_for_publisher()
-        if status is not None:
-            return  # from atexit: the interrupt or the launcher's own error sets the exit code
         pending = self._pending(ours) if self._enabled(config) else []
         if pending:
             print(
@@ -374,6 +372,8 @@ class TrackingCallback(Callback):
                 "upload them with `python -m lab.runs sync`",
                 file=sys.stderr,
             )
+        if status is not None:
+            return  # from atexit: the interrupt or the launcher's own error sets the exit code
         if summary is not None and summary.failed:
             failed = "".join(f"\n  #{r.job} {r.shown_overrides}: {r.error or r.status}" for r in summary.failed)
             print(f"lab: {len(summary.failed)} of {jobs(len(summary.rows))} failed:{failed}", file=sys.stderr)
@@ -449,6 +449,10 @@ class TrackingCallback(Callback):
             if record is None:
                 return
         elif record.finished:
+            if not (self.launch.background or record.synced):
+                # published from this process, and cut off by the interrupt (or a failure)
+                # before MLflow had it all: again, while the launch's end holds signals
+                self._submit(record, job_dir)
             return
         if outputs.file_written_since(job_dir / outputs.METRICS_FILE, record.start_time / 1000):
             # Trained and written, stopped only before its bookkeeping: nothing was lost.
