@@ -96,6 +96,28 @@ def test_invalid_yaml_in_conf_is_a_short_error(cli: Cli, tmp_path: Path) -> None
     assert not (cli.cwd / "outputs").exists()
 
 
+@pytest.mark.parametrize(
+    ("group", "text"),
+    [
+        ("model", "C: 0.3\n"),  # no schema, no name
+        ("model", "name: logreg\nC: -1\n"),  # a name, but no schema: C would go unchecked
+        ("split", "name: holdout\ntest_size: 5\n"),
+    ],
+)
+def test_a_group_option_without_its_schema_is_refused_up_front(cli: Cli, tmp_path: Path, group: str, text: str) -> None:
+    """A user's own option (``--config-dir``) that does not extend a schema is neither typed
+    nor range-checked by Hydra: refused before anything runs, saying how to fix it."""
+    conf = tmp_path / "extra" / group
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(text)
+    res = cli.run(f"--config-dir={tmp_path / 'extra'}", f"{group}=mine", "hydra.run.dir=outputs/run")
+    assert res.code == 2, res.stderr
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith(f"error: {group}=")
+    assert f"defaults: [/schema/{group}/<schema>@_here_, _self_]" in line
+    assert not (cli.cwd / "outputs").exists()
+
+
 def test_errors_count_as_hydras_by_hydras_own_package_not_by_a_path_naming_hydra() -> None:
     """A job's failure is exit 1 even when lab lives under a directory named ``hydra``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

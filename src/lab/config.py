@@ -301,5 +301,15 @@ def to_typed(cfg: DictConfig) -> TrainConfig:
         obj = OmegaConf.to_object(merged)
         assert isinstance(obj, TrainConfig)
         typed = obj
+    for group in ("model", "split"):  # typed Any: a group option sets the schema
+        section = getattr(typed, group)
+        if not dataclasses.is_dataclass(section):
+            name = section.get("name", "(no name)") if isinstance(section, dict) else section
+            raise ConfigError(
+                group,
+                name,
+                f"a config that extends one of lab's {group} schemas ({', '.join(SCHEMAS[group])}): "
+                f"start its YAML with `defaults: [/schema/{group}/<schema>@_here_, _self_]`",
+            )
     validate(typed)
     return typed
