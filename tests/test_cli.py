@@ -3,6 +3,8 @@ outputs dir and at the store through MlflowClient."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import pickle
 import subprocess
@@ -226,6 +228,23 @@ def test_a_sweep_over_tracking_tracks_only_the_tracked_jobs(cli: Cli, extra: lis
     assert job.data.params["tracking.enabled"] == "True"
     [parent] = by_kind(all_runs, "sweep")
     assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_a_tracked_sweeps_summary_counts_its_untracked_jobs(cli: Cli) -> None:
+    """The sweep's summary and its failure report are about every job it ran, tracked or not."""
+    res = cli.sweep("tracking=none,mlflow", "split=kfold", "split.n_splits=5,60", "tracking.log_model=false")
+    assert res.code == 1
+    assert "2 of 4 jobs failed" in res.stderr
+    assert "#1 tracking=none split=kfold split.n_splits=60" in res.stderr
+    assert "#3 tracking=mlflow split=kfold split.n_splits=60" in res.stderr
+    rows = list(csv.DictReader(io.StringIO((cli.cwd / "outputs" / "sweep" / "summary.csv").read_text())))
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("0", "FINISHED"),
+        ("1", "FAILED"),
+        ("2", "FINISHED"),
+        ("3", "FAILED"),
+    ]
+    assert len(by_kind(runs(cli), "job")) == 2
 
 
 def test_environment_overrides_experiment_name(cli: Cli) -> None:

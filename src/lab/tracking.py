@@ -401,21 +401,23 @@ class TrackingCallback(Callback):
 
     def _pending(self, ours: list[Path]) -> list[Path]:
         """This launch's job dirs, and its sweep dir, whose MLflow run is behind their record:
-        after a failed attempt (``tracking.error.txt``), or none at all (a publisher that died)."""
+        after a failed attempt (``tracking.error.txt``), or none at all (a publisher that died).
+        Only this launch's records count: an untracked job's dir may hold an earlier one's."""
         assert self.launch is not None
-        dirs = list(ours)
-        if self.launch.sweep_dir and _record_uid(Path(self.launch.sweep_dir)) == self.launch.uid:
-            dirs.append(Path(self.launch.sweep_dir))
+        records = {d: self._own_record(d) for d in ours}
+        sweep_dir = Path(self.launch.sweep_dir) if self.launch.sweep_dir else None
+        if sweep_dir is not None and _record_uid(sweep_dir) == self.launch.uid:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                records[sweep_dir] = JobRecord.load(sweep_dir)
         pending = []
-        for job_dir in dirs:
+        for job_dir, record in records.items():
+            if record is None:
+                continue
             if (job_dir / PENDING_NOTE).exists():
                 pending.append(job_dir)
-                continue
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                record = JobRecord.load(job_dir)
-                if not record.synced:
-                    note_pending(record, "the publisher ended before it published this record")
-                    pending.append(job_dir)
+            elif not record.synced:
+                note_pending(record, "the publisher ended before it published this record")
+                pending.append(job_dir)
         return pending
 
     def _job_dirs(self, config: DictConfig, bare: bool = False) -> list[Path]:
@@ -430,12 +432,24 @@ class TrackingCallback(Callback):
 
     def _launch_dirs(self, config: DictConfig, dirs: list[Path] | None = None) -> list[Path]:
         """The job dirs of this launch only, among ``dirs`` (default: :meth:`_job_dirs`): a
-        re-used sweep dir also holds earlier ones'. Tracked, those holding this launch's
-        record; untracked, those it wrote in."""
+        re-used sweep dir also holds earlier ones'. Those holding this launch's record, and,
+        for a job it ran untracked (a tracked sweep over ``tracking=none,mlflow``), those
+        whose ``.hydra/`` files it wrote (without them: any file, except what the publisher
+        writes, which may be finishing an earlier launch's records there)."""
         dirs = self._job_dirs(config) if dirs is None else dirs
-        if self._enabled(config):
-            return [d for d in dirs if self._own_record(d) is not None]
-        return [d for d in dirs if self._touched(d) is not None]
+        if not self._enabled(config):
+            return [d for d in dirs if self._touched(d) is not None]
+        assert self.launch is not None
+        subdir, started = _output_subdir(config), self.launch.started
+
+        def ours(job_dir: Path) -> bool:
+            if self._own_record(job_dir) is not None:
+                return True
+            if subdir is None:
+                return self._touched(job_dir) is not None
+            return outputs.written_since(outputs.hydra_files_written(job_dir, subdir), started)
+
+        return [d for d in dirs if ours(d)]
 
     def _end_open_record(self, job_dir: Path, status: str, returned: bool = False) -> None:
         """A job the launch left RUNNING, or without a record: KILLED after a signal, FAILED
