@@ -43,14 +43,22 @@ CASES = [
     (["tracking.timeout_s=inf"], "tracking.timeout_s=inf: a number > 0 and <= 86400"),
     (["~seed"], "seed: required; it cannot be deleted (~seed)"),
     (["model.C=${nosuch}"], "model.C: Interpolation key 'nosuch' not found"),
-    (["data=null"], "Config group override must be a string or a list"),
+    (["data=null"], "override 'data=null': ValueError: Config group override must be a string or a list"),
+    # raised inside OmegaConf while Hydra applies the override: Hydra's refusal, not a job's failure
+    (["--multirun", 'hydra.sweeper.params={seed:"1,2"}'], "override 'hydra.sweeper.params={seed:\"1,2\"}'"),
     (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
     (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
     (["model.C=("], "malformed override: Error parsing override 'model.C=('"),
     (["model.C=1,2,"], "malformed override"),
-    (["--multirun", "seed=1,x"], "seed: Value 'x' of type 'str' could not be converted to Integer"),
+    (
+        ["--multirun", "seed=1,x"],
+        "seed: Value 'x' of type 'str' could not be converted to Integer (in sweep job: seed=x)",
+    ),
     (["--multirun", "model.C=1,2,-1"], "model.C=-1.0: a number > 0 (in sweep job: model.C=-1)"),
-    (["--multirun", "model=logreg,foo"], "model=foo: unknown option"),
+    (
+        ["--multirun", "model=logreg,foo"],
+        "model=foo: unknown option; choose one of: logreg, random_forest, svm (in sweep job: model=foo)",
+    ),
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
@@ -65,6 +73,10 @@ CASES = [
     (["--multirun", "tracking=none", "tracking.enabled=false,true"], "tracking.enabled=True: false in every job"),
     (["--multirun", "search=optuna", "split.test_size=2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: an integer >= 1"),
+    (
+        ["--multirun", "search=optuna", "model=random_forest"],
+        "hydra.sweeper.params='model.C': not a key of the config; model=random_forest has: criterion, max_depth,",
+    ),
 ]
 
 

@@ -49,8 +49,11 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
                     cfg.hydra.job.id = cfg.hydra.job.num = idx
                 with _as_hydra_config(cfg):
                     check_launch_wide(sweeper.config, check_job(cfg))
-            except ConfigError as exc:
-                raise fail(f"{describe(exc)} (in sweep job: {' '.join(job)})") from None
+            except Exception as exc:  # a usage error gets one line naming its job; others go on up
+                message = describe(exc)
+                if message is None:
+                    raise
+                raise fail(f"{message} (in sweep job: {' '.join(job)})") from None
     n_jobs = sum(len(b) for b in batches)
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)

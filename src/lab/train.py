@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import FrameType
 
 if __name__ == "__main__":
     # `python -m lab.train`: start the tracking publisher before anything heavy is imported,
@@ -71,8 +72,9 @@ def main() -> None:
         sys.exit(128 + getattr(exc, "signum", 2))
     except Exception as exc:  # noqa: BLE001 - reported briefly; the traceback is in the job dir
         message = describe(exc)
-        if message is None and _raised_by_hydra(exc):  # e.g. `data=null`, a sweep type it lacks
-            message = f"error: {outputs.summarize(exc)}"
+        frame = _raised_by_hydra(exc) if message is None else None
+        if frame is not None:  # e.g. `data=null`, a sweep type it lacks
+            message = _hydras_error(exc, frame)
         if message is not None:
             print(message, file=sys.stderr)
             sys.exit(2)
@@ -84,13 +86,33 @@ def main() -> None:
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
 
 
-def _raised_by_hydra(exc: BaseException) -> bool:
-    """Whether Hydra's own code raised ``exc``: a job's failure is raised by lab's code or
-    a library it calls, so this is Hydra refusing the command line or the config."""
+def _raised_by_hydra(exc: BaseException) -> FrameType | None:
+    """Hydra's frame, if Hydra's own code raised ``exc``, itself or in a library it called
+    (OmegaConf merging an override): the innermost frame that is Hydra's or lab's is
+    Hydra's. A job's failure is raised in lab's code or a library lab calls, so this is
+    Hydra refusing the command line or the config."""
+    hydra_dir = Path(hydra.__file__).parent
+    lab_dirs = (Path(__file__).parent, Path(__file__).parents[1] / "hydra_plugins")
+    owner = None
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename)
+        if path.is_relative_to(hydra_dir):
+            owner = tb.tb_frame
+        elif any(path.is_relative_to(d) for d in lab_dirs):
+            owner = None
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(Path(hydra.__file__).parent)
+    return owner
+
+
+def _hydras_error(exc: BaseException, frame: FrameType) -> str:
+    """One line for an error Hydra did not word itself, naming the override it was
+    applying when it has one at hand."""
+    from hydra.core.override_parser.types import Override
+
+    override = frame.f_locals.get("override")
+    where = f"override {override.input_line!r}: " if isinstance(override, Override) and override.input_line else ""
+    return f"error: {where}{outputs.summarize(exc)}"
 
 
 if __name__ == "__main__":

@@ -160,6 +160,33 @@ class ValidationCallback(Callback):
                 raise fail(describe(exc) or str(exc)) from None
             except Exception:  # noqa: BLE001 - e.g. ${hydra:job.num}: resolves only in a trial, checked there
                 pass
+            params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+            if isinstance(params, DictConfig):
+                _check_search_keys(config, [str(key) for key in params])
         n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
         if "optuna" in sweeper and isinstance(n_trials, int) and n_trials < 1:
             raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
+
+
+_ABSENT = object()
+
+
+def _check_search_keys(config: DictConfig, keys: list[str]) -> None:
+    """A search's ``hydra.sweeper.params`` keys must be keys of the config it composes each
+    trial from (``model.C`` with ``model=random_forest`` would fail every trial). A key that
+    picks a group's option (``model: choice(logreg, svm)``) changes which keys exist: then
+    each trial is left to check its own."""
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    if any(key.lstrip("+~") in choices for key in keys):
+        return
+    for key in keys:
+        if key.startswith(("+", "~")) or "/" in key:
+            continue  # added or deleted by the trial's override; a group path
+        if OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(config, parent, default=None) if parent else config
+        has = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else ""
+        option = f"{parent}={choices[parent]}" if parent in choices else parent
+        allowed = f"not a key of the config; {option} has: {has}" if has else "not a key of the config"
+        raise fail(describe(ConfigError("hydra.sweeper.params", key, allowed)) or "")
