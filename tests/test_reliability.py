@@ -587,6 +587,26 @@ def test_failed_run_with_tracking_down_exits_1_for_the_job_and_sync_says_why_in_
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["sync", "--tracking-uri", "foo"], "tracking URI foo: scheme '(none)' is not supported"),
+        (["reap", "--tracking-uri", "file:./mlruns"], "tracking URI file:./mlruns: scheme 'file' is not supported"),
+        (["sync", "--timeout", "-1"], "--timeout -1.0: seconds per request, a finite number > 0"),
+        (["reap", "--timeout", "inf"], "--timeout inf: seconds per request, a finite number > 0"),
+    ],
+)
+@pytest.mark.fresh_store
+def test_runs_refuses_a_bad_store_or_timeout_before_looking(cli: Cli, args: list[str], expected: str) -> None:
+    (cli.cwd / "outputs").mkdir()
+    res = cli.run(*args, module="lab.runs")
+    assert res.code == 2, res.stderr
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "synced" not in res.stdout
+    assert not (cli.cwd / "mlflow.db").exists()
+
+
 @pytest.mark.slow
 def test_reused_run_dir_holds_and_publishes_only_the_latest_runs_files(cli: Cli) -> None:
     """A fixed ``hydra.run.dir``: what an earlier run left there (metrics, traceback, the

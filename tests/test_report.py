@@ -251,13 +251,16 @@ def test_sweep_without_a_numeric_parameter_still_gets_a_plot(cli: Cli) -> None:
         ("empty", "SWEEP 'empty': no job dirs in it"),
         ("file.txt", "SWEEP 'file.txt': not a directory"),
         ("0123456789abcdef0123456789abcdef", "no sqlite store at"),
+        ("outputs --timeout -1", "--timeout -1.0: seconds per request, a finite number > 0"),
+        ("outputs --timeout nan", "--timeout nan: seconds per request, a finite number > 0"),
     ],
 )
 @pytest.mark.fresh_store
 def test_bad_argument_exits_2_naming_it(cli: Cli, argument: str, expected: str) -> None:
     (cli.cwd / "empty").mkdir()
     (cli.cwd / "file.txt").write_text("")
-    res = cli.run(argument, module="lab.report")
+    (cli.cwd / "outputs").mkdir()
+    res = cli.run(*argument.split(), module="lab.report")
     assert res.code == 2
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
@@ -383,3 +386,13 @@ def test_markdown_tables_keep_one_column_count_with_and_without_metrics() -> Non
     summary: Summary = summarize_rows([killed, unknown, job(["seed=2"])])
     assert [g.config for g in summary.groups] == [""]  # the unknown row is in no group
     assert column_counts(summary.to_markdown()) == {5, 4}
+
+
+@pytest.mark.parametrize("tracking", ["mlflow", "none"])
+def test_a_dir_above_sweep_dirs_is_refused_naming_them(cli: Cli, tracking: str) -> None:
+    """``outputs/`` holds sweep dirs: each would pass for one job of a one-job "sweep"."""
+    assert cli.sweep("seed=1,2", f"tracking={tracking}", "tracking.log_model=false").code == 0
+    res = cli.run("outputs", "--no-log", module="lab.report")
+    assert res.code == 2, res.stderr
+    assert "SWEEP 'outputs' holds sweep dirs, not job dirs: pass one of them (outputs/sweep)" in res.stderr
+    assert not (cli.cwd / "outputs" / "summary.csv").exists()

@@ -453,6 +453,31 @@ def _has_jobs(sweep_dir: Path) -> bool:
     return bool(job_dirs(sweep_dir, output_subdir=saved_output_subdir(sweep_dir)))
 
 
+def _is_sweep_dir(path: Path) -> bool:
+    """Whether ``path`` is a sweep's dir, not a job's: Hydra saved the sweep's config there,
+    or it holds a sweep's record."""
+    if (path / "multirun.yaml").exists():
+        return True
+    try:
+        tags = read_json(path / RECORD_FILE).get("tags")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(tags, dict) and tags.get("lab.kind") == "sweep"
+
+
+def _sweep_dirs_below(path: Path) -> list[Path]:
+    """The sweep dirs below ``path`` that hold its job dirs, or are taken for one: a dir
+    above sweeps (``outputs/``) would make one report of all their jobs, or of the sweeps."""
+    found: dict[Path, None] = {}
+    for job_dir in job_dirs(path, output_subdir=saved_output_subdir(path)):
+        d = job_dir
+        while d != path:  # job_dirs walks down from path
+            if _is_sweep_dir(d):
+                found[d] = None
+            d = d.parent
+    return list(found)
+
+
 def _sweep_dir_of(parent: Run, children: Sequence[Run]) -> Path | None:
     """The parent run's sweep dir, if it still exists here and is that sweep's.
 
@@ -564,6 +589,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"SWEEP {args.sweep!r}: no job dirs in it (subdirs with .hydra/ or metrics.json); "
                 "is it a sweep's outputs dir?"
             )
+        sweeps = _sweep_dirs_below(target)
+        if sweeps:
+            shown = ", ".join(str(d) for d in sweeps[:3]) + (" …" if len(sweeps) > 3 else "")
+            raise _UsageError(f"SWEEP {args.sweep!r} holds sweep dirs, not job dirs: pass one of them ({shown})")
         out_dir = args.out or target
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = write_report(out_dir, _summarize(target), title=f"sweep {target}")
@@ -623,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-log", action="store_true", help="write the files only; log nothing to MLflow")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout {args.timeout}: seconds per request, a finite number > 0")
     try:
         code = _run(args)
     except _UsageError as exc:

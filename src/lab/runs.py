@@ -20,6 +20,7 @@ saying why); 2 for a bad argument.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from lab.publishing import (
     Publisher,
+    check_uri,
     configure_client_env,
     error_line,
     pin_uri,
@@ -166,9 +168,14 @@ def main(argv: list[str] | None = None) -> None:
         for record in pending_records(args.root):
             print(f"{record.status:9} {record.job_dir}")
         return
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout {args.timeout}: seconds per request, a finite number > 0")
+    uri = resolve_uri(args.tracking_uri)
+    problem = check_uri(uri)
+    if problem is not None:
+        parser.error(f"tracking URI {redact(uri)}: {problem} (set --tracking-uri or MLFLOW_TRACKING_URI)")
     configure_client_env(args.timeout)
     quiet_mlflow_logging()
-    uri = resolve_uri(args.tracking_uri)
     try:
         if args.command == "sync":
             published, failed = sync(args.root, uri, force=args.force)
