@@ -111,6 +111,24 @@ def test_hydra_files_of_another_output_subdir_are_logged_under_hydra_and_reprodu
         assert SUCCESS.format(2) in res.stdout
 
 
+@pytest.mark.parametrize("by", ["run id", "outputs dir"])
+def test_a_config_that_used_hydra_interpolations_reproduces(cli: Cli, by: str) -> None:
+    """The logged config keeps ``${hydra:…}`` unresolved; it resolves from the job's saved
+    hydra.yaml, to what the job saw."""
+    assert cli.train("tracking.experiment=${hydra:runtime.choices.model}", "model=svm").code == 0
+    [original] = by_kind(runs(cli, "svm"), "job")
+    assert original.data.params["tracking.experiment"] == "svm"
+
+    res = reproduce(cli, original.info.run_id if by == "run id" else "outputs/run")
+
+    assert res.code == 0, res.stderr
+    assert SUCCESS.format(2) in res.stdout
+    [reproduction] = by_kind(runs(cli, "svm"), "reproduction")
+    assert reproduction.data.params == original.data.params
+    assert reproduction.data.tags["lab.config_sha256"] == original.data.tags["lab.config_sha256"]
+    assert quality(reproduction) == quality(original)
+
+
 def test_reproduce_a_child_of_a_sweep(cli: Cli) -> None:
     assert cli.sweep("split=kfold", "seed=1,2").code == 0
     child = next(r for r in by_kind(runs(cli), "job") if r.data.tags["lab.job_num"] == "1")

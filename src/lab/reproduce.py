@@ -20,6 +20,7 @@ be published (its record stays pending in ``tracking.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import struct
 import sys
@@ -51,7 +52,7 @@ from lab.publishing import (
 from lab.records import RECORD_FILE, SYNCED_FILE, JobRecord, read_json
 from lab.tracking import job_params
 from lab.training import TrainResult, train
-from lab.validation import check_job, describe, fail
+from lab.validation import check_job, describe, fail, hydra_config
 
 __all__ = [
     "PROVENANCE_TAGS",
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 CONFIG_FILE = ".hydra/config.yaml"
+HYDRA_FILE = ".hydra/hydra.yaml"  # as logged (lab.publishing maps any output_subdir to .hydra)
+HYDRA_INTERPOLATION = "${hydra:"
 REPRODUCTIONS_DIR = Path("outputs") / "reproductions"
 # The original run's tags that say where its result came from, compared with now.
 PROVENANCE_TAGS = (
@@ -177,7 +180,11 @@ def _from_run_id(run_id: str) -> Original:
             text = Path(local).read_text()
         except (MlflowException, OSError):
             raise fail(f"error: run {run_id} has no {CONFIG_FILE} artifact; is it a job's run?") from None
-    job_config, config = load_config(text, f"run {run_id}")
+        hydra_text = None
+        if HYDRA_INTERPOLATION in text:
+            with contextlib.suppress(MlflowException, OSError):
+                hydra_text = Path(publisher.client.download_artifacts(run_id, HYDRA_FILE, download_dir)).read_text()
+    job_config, config = load_config(text, f"run {run_id}", hydra_text)
     return _from_run(publisher, run, f"run {run_id}", text, job_config, config)
 
 
@@ -213,7 +220,9 @@ def _from_outputs_dir(job_dir: Path) -> Original:
     if config_file is None:
         raise fail(f"error: {job_dir} has no {CONFIG_FILE}; pass a job's outputs dir or an MLflow run id")
     text = config_file.read_text()
-    job_config, config = load_config(text, str(job_dir))
+    hydra_file = config_file.with_name("hydra.yaml")
+    hydra_text = hydra_file.read_text() if HYDRA_INTERPOLATION in text and hydra_file.is_file() else None
+    job_config, config = load_config(text, str(job_dir), hydra_text)
     synced = job_dir / SYNCED_FILE
     # the receipt of the record in the dir, not one an earlier run left there
     receipt = JobRecord.load(job_dir).receipt() if (job_dir / RECORD_FILE).exists() else None
@@ -285,7 +294,7 @@ def _get_run(publisher: Publisher, run_id: str, not_found: str) -> Any:
         raise fail(f"error: cannot read run {run_id} from {redact(publisher.uri)}: {first}") from None
 
 
-def load_config(text: str, source: str) -> tuple[DictConfig, TrainConfig]:
+def load_config(text: str, source: str, hydra_text: str | None = None) -> tuple[DictConfig, TrainConfig]:
     """Type and validate a logged ``.hydra/config.yaml`` with today's schemas.
 
     Hydra types each group by the schema its option names in its defaults list; a logged
@@ -294,9 +303,12 @@ def load_config(text: str, source: str) -> tuple[DictConfig, TrainConfig]:
     Parameters
     ----------
     text
-        The YAML text of the resolved job config.
+        The YAML text of the job config, as Hydra saved it: interpolations unresolved.
     source
         What to call it in an error message.
+    hydra_text
+        The job's saved ``hydra.yaml``: ``${hydra:…}`` in ``text`` resolves as it did in
+        the job (its choices, its dirs). Without it such a value is an error.
 
     Returns
     -------
@@ -308,6 +320,9 @@ def load_config(text: str, source: str) -> tuple[DictConfig, TrainConfig]:
     lab.validation.UsageError
         After printing one line, when the config no longer validates.
     """
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (hydra:, now:, python_version:), as in the job
     try:
         raw = OmegaConf.create(text)
         if not isinstance(raw, DictConfig):
@@ -326,6 +341,12 @@ def load_config(text: str, source: str) -> tuple[DictConfig, TrainConfig]:
             skeleton[group] = OmegaConf.structured(schema)
         job_config = OmegaConf.merge(skeleton, raw)
         assert isinstance(job_config, DictConfig)
+        if hydra_text is not None:
+            saved = OmegaConf.create(hydra_text)
+            if not isinstance(saved, DictConfig):
+                raise ConfigError("hydra.yaml", type(saved).__name__, "a mapping with a hydra key")
+            with hydra_config(saved):
+                OmegaConf.resolve(job_config)  # fixed now, as the job saw them
         config = check_job(job_config)
     except (ConfigError, OmegaConfBaseException, YAMLError) as exc:
         detail = (describe(exc) or str(exc)).removeprefix("error: ")
