@@ -257,7 +257,8 @@ def parallel(jobs: int, repeats: int, store: Path, *extra: str) -> list[Row]:
                 "≥ 1.7×, same metrics",
                 f"{speedup:.2f}×",
                 speedup >= 1.7 and same[name] and sequential >= 30,
-                f"sequential {sequential:.1f} s, parallel {seconds:.1f} s (medians of {repeats}), {jobs} "
+                f"sequential {sequential:.1f} s{'' if sequential >= 30 else ' (under the 30 s the target asks for)'}, "
+                f"parallel {seconds:.1f} s (medians of {repeats}), {jobs} "
                 f"random-forest jobs on digits, {how}; metrics identical: {same[name]}",
             )
         )
@@ -369,9 +370,10 @@ def main() -> None:
     if args.full:
         rows.append(flatness(small, large, 2000))
     rows += list(single_run(repeats + 2, store_dir / "mlflow.db"))
-    rows += parallel(8 if args.quick else 24, max(1, repeats - 1), store_dir / "mlflow.db")
-    rows += parallel(8 if args.quick else 24, max(1, repeats - 1), store_dir / "mlflow.db", "tracking=none")
-    rows.append(parallel_ceiling(8 if args.quick else 12))
+    # 32 forests: ~34-43 s sequentially on this machine, over the 30 s target 3 asks for (24 were 25-33 s)
+    rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db")
+    rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db", "tracking=none")
+    rows.append(parallel_ceiling(8 if args.quick else 16))
     rows.append(model_logging(10 if args.quick else 30))
     shutil.rmtree(store_dir, ignore_errors=True)
 
