@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -127,6 +129,51 @@ def test_a_run_ended_for_want_of_news_loses_its_error_once_its_record_says_finis
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics == {"accuracy": 0.5}
     assert "lab.error" not in run.data.tags
+
+
+def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
+    tmp_path: Path, migrated_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed after a job finished but before its end was published: `reap` must not end its
+    run FAILED ("abandoned"); `sync` publishes the record's FINISHED and metrics."""
+    from lab.runs import reap, sync
+
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    records = []
+    for name in ("finished", "cut_off"):
+        (tmp_path / "outputs" / name).mkdir(parents=True)
+        record = JobRecord(
+            uid=f"launch-{name}",
+            job_dir=str(tmp_path / "outputs" / name),
+            run_name=name,
+            experiment="lab",
+            tracking_uri=uri,
+            status="RUNNING",
+            start_time=1_700_000_000_000,
+            params={"seed": "1"},
+            tags={"lab.job_uid": f"launch-{name}", "lab.kind": "job"}
+            | {"lab.host": socket.gethostname(), "lab.pid": str(dead.pid)},
+        )
+        record.save()
+        records.append((record, Publisher(uri).publish(record)))  # its start reached MLflow
+    (finished, finished_id), (_, cut_off_id) = records
+    finished.status, finished.end_time, finished.metrics = "FINISHED", 1_700_000_001_000, {"accuracy": 0.5}
+    finished.save()  # its end did not
+
+    assert reap(tmp_path / "outputs", uri) == 1
+    assert "1 abandoned run(s) not reaped: their records say how they ended" in capsys.readouterr().out
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(finished_id).info.status == "RUNNING"
+    assert client.get_run(cut_off_id).info.status == "FAILED"
+
+    assert sync(tmp_path / "outputs", uri) == (2, 0)  # the reaped record too: its FAILED is on disk
+    run = client.get_run(finished_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"accuracy": 0.5}
+    assert "lab.error" not in run.data.tags
+    assert client.get_run(cut_off_id).info.status == "FAILED"
 
 
 @pytest.mark.parametrize(

@@ -417,10 +417,18 @@ def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     running_before = [r for r in runs if r.data.tags.get("lab.error", "").startswith("abandoned: process")]
     assert running_before
     assert all(r.info.status == "FAILED" for r in running_before)
-    assert not [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("lab.kind") == "job"]
+    # a job still RUNNING in MLflow is one that ended on disk before the kill: left to sync
+    ended_on_disk = {
+        json.loads(path.read_text())["uid"]
+        for path in sweep.glob("*/tracking.json")
+        if json.loads(path.read_text())["status"] != "RUNNING"
+    }
+    still_running = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get("lab.kind") == "job"]
+    assert {r.data.tags["lab.job_uid"] for r in still_running} <= ended_on_disk
 
     first = cli.run("sync", module="lab.runs")
     assert first.code == 0, first.stderr
+    assert not [r for r in store_runs(cli.uri) if r.info.status == "RUNNING" and r.data.tags.get("lab.kind") == "job"]
     second = cli.run("sync", module="lab.runs")
     assert "0 record(s) synced" in second.stdout
     runs = store_runs(cli.uri)

@@ -9,7 +9,9 @@
 ``reap``
     End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
     and whose ``lab.pid`` is gone become FAILED, with the reason in ``lab.error``; records
-    on disk in the same state are ended too, so a later ``sync`` agrees.
+    on disk in the same state are ended too, so a later ``sync`` agrees. A run whose
+    record under the outputs dir says how its job ended is left to ``sync``, which
+    publishes that end (FINISHED, with its metrics) instead.
 ``pending``
     List the job dirs whose records have not reached MLflow.
 
@@ -129,9 +131,13 @@ def reap(root: Path, uri: str) -> int:
     host = socket.gethostname()
     ended = 0
     now = int(time.time() * 1000)
+    ended_on_disk: dict[str, Path] = {}  # uid -> dir: records that say how their job ended
     for job_dir in find_records(root) if root.exists() else []:
         record = JobRecord.load(job_dir)
-        if not record.finished and _abandoned(record.tags, host):
+        if record.finished:
+            if not record.synced:
+                ended_on_disk[record.uid] = job_dir
+        elif _abandoned(record.tags, host):
             record.status, record.end_time = "FAILED", now
             record.error = f"abandoned: process {record.tags['lab.pid']} on {host} is gone"
             record.tags["lab.error"] = record.error
@@ -141,14 +147,26 @@ def reap(root: Path, uri: str) -> int:
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return 0
+    left: list[Path] = []
     for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000):
         if not _abandoned(run.data.tags, host):
+            continue
+        kind = run.data.tags.get("lab.kind")
+        uid = run.data.tags.get("lab.sweep_uid" if kind == "sweep" else "lab.job_uid")
+        if uid in ended_on_disk:  # the job ended, and only its publication was cut off
+            left.append(ended_on_disk[uid])
             continue
         reason = f"abandoned: process {run.data.tags['lab.pid']} on {host} is gone"
         client.log_batch(run.info.run_id, tags=[RunTag("lab.error", reason)])
         client.set_terminated(run.info.run_id, status="FAILED", end_time=now)
         ended += 1
         print(f"reaped {run.info.run_id} ({run.info.run_name}): {reason}")
+    if left:
+        shown = ", ".join(str(d) for d in left[:3]) + (" …" if len(left) > 3 else "")
+        print(
+            f"lab: {len(left)} abandoned run(s) not reaped: their records say how they ended ({shown}); "
+            "`python -m lab.runs sync` publishes them"
+        )
     return ended
 
 
