@@ -128,6 +128,36 @@ def test_a_config_that_used_hydra_interpolations_reproduces(cli: Cli, by: str) -
     assert reproduction.data.tags["lab.config_sha256"] == original.data.tags["lab.config_sha256"]
     assert quality(reproduction) == quality(original)
 
+    # and the reproduction reproduces in turn: it keeps the hydra.yaml its config needs
+    job_dir = reproduction.data.tags["lab.output_dir"]
+    again = reproduce(cli, reproduction.info.run_id if by == "run id" else job_dir)
+
+    assert again.code == 0, again.stderr
+    assert len(by_kind(runs(cli, "svm"), "reproduction")) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "tracking.experiment=${hydra:runtime.choices.model}",
+            "uses ${hydra:…}, but the job's saved .hydra/hydra.yaml is missing",
+        ),
+        ("tracking.experiment=at-${now:%H-%M-%S-%f}", "uses ${now:…}, which cannot be reproduced"),
+    ],
+    ids=["hydra", "now"],
+)
+def test_a_config_whose_values_cannot_be_resolved_again_gives_exit_2(cli: Cli, override: str, expected: str) -> None:
+    assert cli.train("tracking=none", override).code == 0
+    (cli.cwd / "outputs" / "run" / ".hydra" / "hydra.yaml").unlink()
+
+    res = reproduce(cli, "outputs/run")
+
+    assert res.code == 2
+    assert res.stderr.strip().startswith(f"error: the logged config of outputs/run {expected}"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (cli.cwd / "outputs" / "reproductions").exists()
+
 
 def test_reproduce_a_child_of_a_sweep(cli: Cli) -> None:
     assert cli.sweep("split=kfold", "seed=1,2").code == 0

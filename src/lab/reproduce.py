@@ -70,6 +70,7 @@ __all__ = [
 CONFIG_FILE = ".hydra/config.yaml"
 HYDRA_FILE = ".hydra/hydra.yaml"  # as logged (lab.publishing maps any output_subdir to .hydra)
 HYDRA_INTERPOLATION = "${hydra:"
+NOW_INTERPOLATION = "${now:"
 REPRODUCTIONS_DIR = Path("outputs") / "reproductions"
 # The original run's tags that say where its result came from, compared with now.
 PROVENANCE_TAGS = (
@@ -103,6 +104,9 @@ class Original:
         The original MLflow run; ``run_id`` is None when there is no such run.
     identity
         What the new run's ``lab.reproduces`` tag names: the run id, else the outputs dir.
+    hydra_text
+        The job's saved ``hydra.yaml``, when its config needs it (``${hydra:…}``): the
+        reproduction keeps it next to the config, so that it can be reproduced in turn.
     uri
         Where the new run goes: the original's store, or None when nothing is published.
     store
@@ -115,6 +119,7 @@ class Original:
     config: TrainConfig
     metrics: dict[str, float]
     identity: str
+    hydra_text: str | None = None
     run_id: str | None = None
     run_name: str | None = None
     experiment: str | None = None
@@ -185,7 +190,9 @@ def _from_run_id(run_id: str) -> Original:
             with contextlib.suppress(MlflowException, OSError):
                 hydra_text = Path(publisher.client.download_artifacts(run_id, HYDRA_FILE, download_dir)).read_text()
     job_config, config = load_config(text, f"run {run_id}", hydra_text)
-    return _from_run(publisher, run, f"run {run_id}", text, job_config, config)
+    original = _from_run(publisher, run, f"run {run_id}", text, job_config, config)
+    original.hydra_text = hydra_text
+    return original
 
 
 def _saved_config_file(job_dir: Path) -> Path | None:
@@ -231,7 +238,9 @@ def _from_outputs_dir(job_dir: Path) -> Original:
         uri = resolve_uri(config.tracking.uri)
         publisher = _open_store(uri)
         run = _get_run(publisher, run_id, f"run {run_id} (from {synced}) is not in {redact(uri)}")
-        return _from_run(publisher, run, f"run {run_id} ({job_dir})", text, job_config, config)
+        original = _from_run(publisher, run, f"run {run_id} ({job_dir})", text, job_config, config)
+        original.hydra_text = hydra_text
+        return original
     data = outputs.read_metrics(job_dir)
     if data is None:
         raise fail(f"error: {job_dir} has no {outputs.METRICS_FILE} to compare with; the job did not finish")
@@ -245,6 +254,7 @@ def _from_outputs_dir(job_dir: Path) -> Original:
         config=config,
         metrics=quality_metrics(data.get("metrics", {})),
         identity=str(job_dir.resolve()),
+        hydra_text=hydra_text,
         experiment=resolve_experiment(config.tracking.experiment),
         uri=destination,
     )
@@ -309,6 +319,7 @@ def load_config(text: str, source: str, hydra_text: str | None = None) -> tuple[
     hydra_text
         The job's saved ``hydra.yaml``: ``${hydra:…}`` in ``text`` resolves as it did in
         the job (its choices, its dirs). Without it such a value is an error.
+        ``${now:…}`` is refused: its value was the job's start time, which no file keeps.
 
     Returns
     -------
@@ -318,11 +329,22 @@ def load_config(text: str, source: str, hydra_text: str | None = None) -> tuple[
     Raises
     ------
     lab.validation.UsageError
-        After printing one line, when the config no longer validates.
+        After printing one line, when the config no longer validates or cannot be
+        resolved as it was in the job.
     """
     from hydra.core.utils import setup_globals
 
-    setup_globals()  # Hydra's resolvers (hydra:, now:, python_version:), as in the job
+    if NOW_INTERPOLATION in text:
+        raise fail(
+            f"error: the logged config of {source} uses {NOW_INTERPOLATION}…}}, which cannot be reproduced: "
+            "its value was the job's start time, and no file keeps it"
+        )
+    if HYDRA_INTERPOLATION in text and hydra_text is None:
+        raise fail(
+            f"error: the logged config of {source} uses {HYDRA_INTERPOLATION}…}}, but the job's saved "
+            f"{HYDRA_FILE} is missing: its values cannot be resolved as the job resolved them"
+        )
+    setup_globals()  # Hydra's resolvers (hydra:, python_version:), as in the job
     try:
         raw = OmegaConf.create(text)
         if not isinstance(raw, DictConfig):
@@ -362,6 +384,8 @@ def rerun(original: Original) -> Reproduction:
     job_dir = _new_job_dir()
     (job_dir / CONFIG_FILE).parent.mkdir()
     (job_dir / CONFIG_FILE).write_text(original.config_text)
+    if original.hydra_text is not None:  # what its ${hydra:…} values resolve from
+        (job_dir / HYDRA_FILE).write_text(original.hydra_text)
     start_time = _now_ms()
     result: TrainResult | None = None
     error: str | None = None
@@ -418,7 +442,7 @@ def _publish(original: Original, reproduction: Reproduction, result: TrainResult
         tags=tags,
         artifacts=[
             name
-            for name in (CONFIG_FILE, outputs.METRICS_FILE, outputs.TRACEBACK_FILE)
+            for name in (CONFIG_FILE, HYDRA_FILE, outputs.METRICS_FILE, outputs.TRACEBACK_FILE)
             if (reproduction.job_dir / name).exists()
         ],
         error=reproduction.error,
