@@ -59,6 +59,10 @@ CASES = [
         ["--multirun", "model=logreg,foo"],
         "model=foo: unknown option; choose one of: logreg, random_forest, svm (in sweep job: model=foo)",
     ),
+    (  # credentials in an override are not echoed
+        ["--multirun", "tracking.uri=http://user:s3cret@127.0.0.1:9/", "model=logreg,foo"],
+        "(in sweep job: tracking.uri=http\\://***@127.0.0.1\\:9/ model=foo)",  # as Hydra's sweeper escapes it
+    ),
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
@@ -77,6 +81,16 @@ CASES = [
         ["--multirun", "search=optuna", "model=random_forest"],
         "hydra.sweeper.params='model.C': not a key of the config; model=random_forest has: criterion, max_depth,",
     ),
+    # fixed on the command line, a searched key leaves the search: the value fails every trial
+    (["--multirun", "search=optuna", "model.C=???"], "model.C: Structured config of type `LogRegConfig` has missing"),
+    (
+        ["--multirun", "search=optuna", "model.C=${oc.env:LAB_TEST_UNSET}"],
+        "model.C: KeyError raised while resolving interpolation: \"Environment variable 'LAB_TEST_UNSET' not found\"",
+    ),
+    (
+        ["--multirun", "seed=1,2", "model.C=${oc.env:LAB_TEST_UNSET}"],
+        "model.C: KeyError raised while resolving interpolation",
+    ),
 ]
 
 
@@ -88,6 +102,7 @@ def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str
     assert expected in res.stderr
     assert "Traceback" not in res.stderr
     assert "HYDRA_FULL_ERROR" not in res.stderr
+    assert "s3cret" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: ")

@@ -356,3 +356,11 @@ def test_sweep_jobs_may_interpolate_their_own_job_number(cli: Cli) -> None:
     ] * 2
     assert ["training logreg on iris, holdout split, seed 0" in (sweep / "0" / "train.log").read_text()] == [True]
     assert "seed 1" in (sweep / "1" / "train.log").read_text()
+
+
+def test_the_overrides_tag_keeps_an_interpolation_as_typed(cli: Cli) -> None:
+    """``lab.overrides`` is what was typed: the params hold the resolved value."""
+    assert cli.train("model.C=${oc.env:LAB_TEST_C}", LAB_TEST_C="0.5").code == 0
+    [run] = runs(cli)
+    assert run.data.tags["lab.overrides"] == "'model.C=${oc.env:LAB_TEST_C}'"
+    assert run.data.params["model.C"] == "0.5"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -169,3 +170,18 @@ def test_a_trial_value_from_its_own_hydra_config_is_not_refused_up_front(cli: Cl
     res = cli.run("--multirun", "search=optuna", "seed=${hydra:job.num}", "hydra.sweeper.n_trials=2", "tracking=none")
     assert res.code == 0, res.stderr
     assert "sweep finished: 2 jobs (2 finished)" in res.stdout
+
+
+def test_a_searched_key_needs_no_valid_value_in_the_launch(cli: Cli, tmp_path: Path) -> None:
+    """Each trial sets ``model.C``: a value the launch cannot resolve is no reason to refuse
+    the search up front, nor a warning (unlike the same value fixed on the command line)."""
+    model_dir = tmp_path / "extra" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "logreg_env.yaml").write_text(
+        "defaults:\n  - /schema/model/logreg@_here_\n  - _self_\n\nC: ${oc.env:LAB_TEST_UNSET}\n"
+    )
+    extra = f"--config-dir={tmp_path / 'extra'}"
+    res = cli.run("--multirun", extra, "search=optuna", "model=logreg_env", "hydra.sweeper.n_trials=2", "tracking=none")
+    assert res.code == 0, res.stderr
+    assert "sweep finished: 2 jobs (2 finished)" in res.stdout
+    assert "Warning" not in res.stderr

@@ -24,9 +24,20 @@ import yaml
 from lab.outputs import METRICS_FILE, TRACEBACK_FILE, job_status, read_metrics, read_output_subdir, read_overrides
 from lab.records import RECORD_FILE, TERMINAL, join_overrides, split_overrides
 
-__all__ = ["Group", "JobRow", "Summary", "job_dirs", "jobs", "saved_output_subdir", "summarize_rows", "summarize_sweep"]
+__all__ = [
+    "STUDY_RESULTS",
+    "Group",
+    "JobRow",
+    "Summary",
+    "job_dirs",
+    "jobs",
+    "saved_output_subdir",
+    "summarize_rows",
+    "summarize_sweep",
+]
 
 SEED_KEYS = ("seed", "+seed")
+STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 
 
 def jobs(n: int) -> str:

@@ -21,6 +21,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lab.config import ConfigError, TrainConfig
+from lab.records import redact_text
 from lab.validation import check_job, describe, fail, hydra_config
 
 __all__ = ["LAUNCH_WIDE", "check_launch_wide", "run_sweep"]
@@ -53,7 +54,7 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
                 message = describe(exc)
                 if message is None:
                     raise
-                raise fail(f"{message} (in sweep job: {' '.join(job)})") from None
+                raise fail(f"{message} (in sweep job: {redact_text(' '.join(job))})") from None
     n_jobs = sum(len(b) for b in batches)
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)

@@ -59,14 +59,13 @@ from lab.records import (
     read_json,
     redact_text,
 )
-from lab.summary import JobRow, Summary, failure_reason, jobs, summarize_sweep
-from lab.validation import refused_as_usage
+from lab.summary import STUDY_RESULTS, JobRow, Summary, failure_reason, jobs, summarize_sweep
+from lab.validation import refused_as_usage, task_overrides
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
 QUEUE_DIR = ".lab-queue"
 OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
-STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
 
 
@@ -227,7 +226,7 @@ class TrackingCallback(Callback):
             env_tags=environment_tags() if tracking.enabled else {},
             background=bool(tracking.background),
             sweep_dir=sweep_dir,
-            overrides=list(config.hydra.overrides.task),
+            overrides=task_overrides(config),
             host=socket.gethostname(),
             pid=os.getpid(),
         )
@@ -620,7 +619,7 @@ class TrackingCallback(Callback):
                 if (sweep_dir / STUDY_RESULTS).exists():
                     record.artifacts.append(STUDY_RESULTS)
             if trial is not None:
-                fixed = set(config.hydra.overrides.task)  # the launch's own overrides, the same in every trial
+                fixed = set(task_overrides(config))  # the launch's own overrides, the same in every trial
                 params = {k: v for k, v in trial.params.items() if f"{k}={v}" not in fixed}
                 record.tags["lab.best.job_num"] = trial.job
                 record.tags["lab.best.params"] = json.dumps(params, sort_keys=True)
@@ -672,7 +671,7 @@ class TrackingCallback(Callback):
         """The RUNNING record of the job whose config (with its ``hydra`` node) is ``config``."""
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         tags = {
-            "lab.overrides": join_overrides(config.hydra.overrides.task),
+            "lab.overrides": join_overrides(task_overrides(config)),
             "lab.config_sha256": config_fingerprint(config),
         }
         if pid is not None:
@@ -748,7 +747,7 @@ class TrackingCallback(Callback):
                 print(f"lab: traceback in {job_dir / outputs.TRACEBACK_FILE}", file=sys.stderr)
             return
         total = f"/{self.launch.n_jobs}" if self.launch and self.launch.n_jobs else ""
-        overrides = redact_text(" ".join(config.hydra.overrides.task))
+        overrides = redact_text(" ".join(task_overrides(config)))
         if error is not None:
             line = f"[{num + 1}{total}] FAILED {overrides} → {error}"
         else:

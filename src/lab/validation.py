@@ -17,14 +17,27 @@ from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    InterpolationResolutionError,
+    InterpolationValidationError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.publishing import check_uri, resolve_uri
 
-__all__ = ["UsageError", "ValidationCallback", "check_job", "describe", "hydra_config", "refused_as_usage"]
+__all__ = [
+    "UsageError",
+    "ValidationCallback",
+    "check_job",
+    "describe",
+    "hydra_config",
+    "refused_as_usage",
+    "task_overrides",
+]
 
 USAGE_EXIT = 2
 
@@ -99,6 +112,15 @@ def _first_lines(text: str, n: int = 1) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines()[:n] if line.strip())
 
 
+def task_overrides(config: DictConfig) -> list[str]:
+    """The overrides as typed (``hydra.overrides.task``), read unresolved as Hydra reads
+    them: ``model.C=${oc.env:C}`` is a string holding an interpolation, which iterating
+    the list would resolve (or fail on)."""
+    overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    assert isinstance(overrides, list)
+    return [str(o) for o in overrides]
+
+
 def fail(message: str) -> UsageError:
     sys.stderr.write(message + "\n")
     return UsageError(message)
@@ -153,39 +175,49 @@ class ValidationCallback(Callback):
         # every trial: the launch's config, which holds those, is checked up front.
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
         if "lab_sweeper" not in sweeper:
+            params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+            keys = [str(key) for key in params] if isinstance(params, DictConfig) else []
             try:
                 with hydra_config(config):
                     check_job(config)
             except ConfigError as exc:
                 raise fail(describe(exc) or str(exc)) from None
-            except Exception:  # noqa: BLE001 - e.g. ${hydra:job.num}: resolves only in a trial, checked there
+            except InterpolationValidationError:
+                pass  # ${hydra:job.num} is None in the launch: it resolves in each trial
+            except (MissingMandatoryValue, InterpolationResolutionError) as exc:
+                # `???` or `${oc.env:UNSET}` that no trial replaces: fails every trial. A
+                # trial replaces a searched key, unless the command line fixes it (a fixed
+                # override takes the key out of Optuna's search space).
+                typed = {o.partition("=")[0] for o in task_overrides(config)}
+                if exc.full_key not in set(keys) - typed:
+                    raise fail(describe(exc) or str(exc)) from None
+            except Exception:  # noqa: BLE001 - checked in each trial
                 pass
-            params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-            if isinstance(params, DictConfig):
-                _check_search_keys(config, [str(key) for key in params])
+            _check_search_keys(config, keys)
         n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
         if "optuna" in sweeper and isinstance(n_trials, int) and n_trials < 1:
             raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
-
-
-_ABSENT = object()
 
 
 def _check_search_keys(config: DictConfig, keys: list[str]) -> None:
     """A search's ``hydra.sweeper.params`` keys must be keys of the config it composes each
     trial from (``model.C`` with ``model=random_forest`` would fail every trial). A key that
     picks a group's option (``model: choice(logreg, svm)``) changes which keys exist: then
-    each trial is left to check its own."""
+    each trial is left to check its own. Only the key is looked up, not its value, which
+    the trial sets (it may be ``???`` or not resolve here)."""
     choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
     if any(key.lstrip("+~") in choices for key in keys):
         return
     for key in keys:
-        if key.startswith(("+", "~")) or "/" in key:
-            continue  # added or deleted by the trial's override; a group path
-        if OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+        if key.startswith(("+", "~")) or "/" in key or "[" in key:
+            continue  # added or deleted by the trial's override; a group path; a list item
+        parent, _, leaf = key.rpartition(".")
+        try:
+            node = OmegaConf.select(config, parent, throw_on_resolution_failure=False) if parent else config
+        except OmegaConfBaseException:
+            continue  # a parent that does not resolve here: the trial checks it
+        if isinstance(node, ListConfig) or (isinstance(node, DictConfig) and leaf in node.keys()):  # noqa: SIM118 - `in node` is False for ???
             continue
-        parent = key.rpartition(".")[0]
-        node = OmegaConf.select(config, parent, default=None) if parent else config
         has = ", ".join(sorted(str(k) for k in node)) if isinstance(node, DictConfig) else ""
         option = f"{parent}={choices[parent]}" if parent in choices else parent
         allowed = f"not a key of the config; {option} has: {has}" if has else "not a key of the config"
