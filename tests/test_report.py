@@ -388,11 +388,24 @@ def test_markdown_tables_keep_one_column_count_with_and_without_metrics() -> Non
     assert column_counts(summary.to_markdown()) == {5, 4}
 
 
-@pytest.mark.parametrize("tracking", ["mlflow", "none"])
-def test_a_dir_above_sweep_dirs_is_refused_naming_them(cli: Cli, tracking: str) -> None:
+ABOVE_SWEEPS = {
+    "tracked": ("seed=1,2",),
+    "untracked": ("seed=1,2", "tracking=none"),
+    "untracked optuna": ("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none"),
+    # stopped before Optuna saved its results: only the jobs' hydra.yaml name the sweep dir
+    "untracked optuna, no results": ("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none"),
+}
+
+
+@pytest.mark.parametrize("case", ABOVE_SWEEPS)
+def test_a_dir_above_sweep_dirs_is_refused_naming_them(cli: Cli, case: str) -> None:
     """``outputs/`` holds sweep dirs: each would pass for one job of a one-job "sweep"."""
-    assert cli.sweep("seed=1,2", f"tracking={tracking}", "tracking.log_model=false").code == 0
+    assert cli.sweep(*ABOVE_SWEEPS[case], "tracking.log_model=false").code == 0
+    if case.endswith("no results"):
+        (cli.cwd / "outputs" / "sweep" / "optimization_results.yaml").unlink()
     res = cli.run("outputs", "--no-log", module="lab.report")
     assert res.code == 2, res.stderr
     assert "SWEEP 'outputs' holds sweep dirs, not job dirs: pass one of them (outputs/sweep)" in res.stderr
     assert not (cli.cwd / "outputs" / "summary.csv").exists()
+    # while the sweep dir itself is a sweep to report on
+    assert cli.run("outputs/sweep", "--no-log", module="lab.report").code == 0

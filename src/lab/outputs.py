@@ -132,6 +132,20 @@ def read_output_subdir(saved: Path) -> str | None:
     return None if subdir is None else str(subdir)
 
 
+def read_sweep_dir(hydra_file: Path) -> Path | None:
+    """The sweep dir a job's saved ``hydra.yaml`` names (``hydra.sweep.dir``, relative to
+    the dir it was launched from), or None for a single run's job, an interpolation, or a
+    file that cannot be read."""
+    try:
+        hydra = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]
+        if hydra["mode"] != "MULTIRUN":
+            return None
+        sweep_dir, cwd = str(hydra["sweep"]["dir"]), str(hydra["runtime"]["cwd"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return None if "${" in sweep_dir else Path(cwd) / sweep_dir
+
+
 def last_written(job_dir: Path, output_subdir: str | None = ".hydra") -> float:
     """When a job last wrote a file in ``job_dir`` or in its ``output_subdir`` (or created
     the dir, if it holds nothing yet), in epoch seconds (-inf if it is gone). A re-used dir keeps the

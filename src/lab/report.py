@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.outputs import summarize
+from lab.outputs import read_sweep_dir, summarize
 from lab.publishing import check_uri, configure_client_env, pin_uri, quiet_mlflow_logging, redact, resolve_uri
 from lab.records import RECORD_FILE, SYNCED_FILE, read_json, split_overrides
 from lab.summary import (
     SEED_KEYS,
+    STUDY_RESULTS,
     Group,
     JobRow,
     Summary,
@@ -454,9 +455,9 @@ def _has_jobs(sweep_dir: Path) -> bool:
 
 
 def _is_sweep_dir(path: Path) -> bool:
-    """Whether ``path`` is a sweep's dir, not a job's: Hydra saved the sweep's config there,
-    or it holds a sweep's record."""
-    if (path / "multirun.yaml").exists():
+    """Whether ``path`` is a sweep's dir, not a job's: Hydra saved the sweep's config there
+    (basic and lab's sweepers), Optuna its results, or it holds a sweep's record."""
+    if (path / "multirun.yaml").exists() or (path / STUDY_RESULTS).exists():
         return True
     try:
         tags = read_json(path / RECORD_FILE).get("tags")
@@ -465,16 +466,26 @@ def _is_sweep_dir(path: Path) -> bool:
     return isinstance(tags, dict) and tags.get("lab.kind") == "sweep"
 
 
-def _sweep_dirs_below(path: Path) -> list[Path]:
+def _sweep_dirs_below(path: Path, output_subdir: str | None) -> list[Path]:
     """The sweep dirs below ``path`` that hold its job dirs, or are taken for one: a dir
-    above sweeps (``outputs/``) would make one report of all their jobs, or of the sweeps."""
+    above sweeps (``outputs/``) would make one report of all their jobs, or of the sweeps.
+    A sweep dir that has none of :func:`_is_sweep_dir`'s marks (an untracked Optuna sweep
+    stopped early) is the one its jobs' ``hydra.yaml`` names; one job is read per dir."""
     found: dict[Path, None] = {}
-    for job_dir in job_dirs(path, output_subdir=saved_output_subdir(path)):
+    asked: set[Path] = set()
+    top = path.resolve()
+    for job_dir in job_dirs(path, output_subdir=output_subdir):
         d = job_dir
         while d != path:  # job_dirs walks down from path
             if _is_sweep_dir(d):
                 found[d] = None
             d = d.parent
+        if job_dir.parent == path or job_dir.parent in asked or output_subdir is None:
+            continue
+        asked.add(job_dir.parent)
+        named = read_sweep_dir(job_dir / output_subdir / "hydra.yaml")
+        if named is not None and named.resolve() != top and named.resolve().is_relative_to(top):
+            found[path / named.resolve().relative_to(top)] = None
     return list(found)
 
 
@@ -589,7 +600,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"SWEEP {args.sweep!r}: no job dirs in it (subdirs with .hydra/ or metrics.json); "
                 "is it a sweep's outputs dir?"
             )
-        sweeps = _sweep_dirs_below(target)
+        sweeps = _sweep_dirs_below(target, saved_output_subdir(target))
         if sweeps:
             shown = ", ".join(str(d) for d in sweeps[:3]) + (" …" if len(sweeps) > 3 else "")
             raise _UsageError(f"SWEEP {args.sweep!r} holds sweep dirs, not job dirs: pass one of them ({shown})")
