@@ -370,7 +370,7 @@ def main() -> None:
     if args.full:
         rows.append(flatness(small, large, 2000))
     rows += list(single_run(repeats + 2, store_dir / "mlflow.db"))
-    # 32 forests: ~34-43 s sequentially on this machine, over the 30 s target 3 asks for (24 were 25-33 s)
+    # 32 forests: 31-43 s sequentially on this machine, over the 30 s target 3 asks for (24 were 25-33 s)
     rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db")
     rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db", "tracking=none")
     rows.append(parallel_ceiling(8 if args.quick else 16))
