@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +246,24 @@ def test_forked_workers_return_every_job_in_order(tmp_path: Path) -> None:
 def test_n_jobs_minus_one_is_one_worker_per_usable_cpu() -> None:
     assert LabLauncher(n_jobs=-1).n_jobs == len(os.sched_getaffinity(0))
     assert LabLauncher().n_jobs == 1
+
+
+def test_the_launching_process_imports_scikit_learn_only_to_train() -> None:
+    """A launch whose jobs run elsewhere (joblib, Ray) reaches its launcher without
+    importing scikit-learn, and what a process imports for its first job is frozen too."""
+    code = """
+import gc, sys
+import lab.train
+from lab.launching import freeze_imports
+assert not any(m == "sklearn" or m.startswith("sklearn.") for m in sys.modules), "sklearn imported"
+freeze_imports()
+frozen = gc.get_freeze_count()
+freeze_imports()
+assert gc.get_freeze_count() == frozen, "froze again with nothing new imported"
+import lab.training
+freeze_imports()
+assert gc.get_freeze_count() > frozen, "a job's new imports were left unfrozen"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -28,7 +28,6 @@ return) is as Hydra does it; a test compares both launchers' results field by fi
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import logging
 import multiprocessing as mp
@@ -68,14 +67,20 @@ __all__ = ["LabLauncher", "freeze_imports", "launch_forked", "run_job"]
 log = logging.getLogger(__name__)
 
 
-@functools.cache
+_frozen_modules = 0  # len(sys.modules) at this process's last gc.freeze()
+
+
 def freeze_imports() -> None:
-    """Once per process that runs jobs (the launcher, or a joblib/Ray/submitit worker at its
-    first job): what was imported lives as long as the process, so keep it out of the
-    garbage collector's full passes. They walk every tracked object (~230k with Hydra and
-    scikit-learn loaded) and Hydra's per-job config copies trigger them often; and at exit
-    they took ~0.3 s."""
-    gc.freeze()
+    """In a process that runs jobs, after its imports (at start-up, and again once its first
+    job has imported scikit-learn): what was imported lives as long as the process, so keep
+    it out of the garbage collector's full passes. They walk every tracked object (~230k
+    with Hydra and scikit-learn loaded) and Hydra's per-job config copies trigger them
+    often; and at exit they took ~0.3 s. A no-op unless modules were imported since the
+    last call."""
+    global _frozen_modules
+    if len(sys.modules) > _frozen_modules:
+        gc.freeze()
+        _frozen_modules = len(sys.modules)
 
 
 class _CDumper(yaml.CDumper):

@@ -21,12 +21,14 @@ import pickle
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE
-from lab.training import TrainResult
+
+if TYPE_CHECKING:
+    from lab.training import TrainResult
 
 __all__ = [
     "METRICS_FILE",
