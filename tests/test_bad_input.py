@@ -63,6 +63,10 @@ CASES = [
         ["--multirun", "tracking.uri=http://user:s3cret@127.0.0.1:9/", "model=logreg,foo"],
         "(in sweep job: tracking.uri=http\\://***@127.0.0.1\\:9/ model=foo)",  # as Hydra's sweeper escapes it
     ),
+    (  # nor in the message, where it names the value
+        ["--multirun", "seed=1,2", "tracking.experiment=http://user:s3cret@h/x,y"],
+        "tracking.experiment='http://***@h/x': one value for the whole sweep",
+    ),
     (["--multirun", "seed=1,2", "split.test_size=0.5,2"], "split.test_size=2.0: a number > 0 and < 1"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
@@ -86,6 +90,15 @@ CASES = [
     (
         ["--multirun", "search=optuna", "model.C=${oc.env:LAB_TEST_UNSET}"],
         "model.C: KeyError raised while resolving interpolation: \"Environment variable 'LAB_TEST_UNSET' not found\"",
+    ),
+    (["--multirun", "search=optuna", "++model.C=???"], "model.C: Structured config of type `LogRegConfig` has"),
+    (  # a fixed value of the wrong type, too (the grid sweeper refuses it for its first job)
+        ["--multirun", "search=optuna", "split.test_size=${oc.env:HOME}"],
+        "split.test_size: While dereferencing interpolation '${oc.env:HOME}': Value",
+    ),
+    (
+        ["--multirun", "search=optuna", "seed=${hydra:runtime.choices.model}"],
+        "seed: While dereferencing interpolation '${hydra:runtime.choices.model}': Value 'logreg' of type 'str'",
     ),
     (
         ["--multirun", "seed=1,2", "model.C=${oc.env:LAB_TEST_UNSET}"],

@@ -181,7 +181,12 @@ def test_a_searched_key_needs_no_valid_value_in_the_launch(cli: Cli, tmp_path: P
         "defaults:\n  - /schema/model/logreg@_here_\n  - _self_\n\nC: ${oc.env:LAB_TEST_UNSET}\n"
     )
     extra = f"--config-dir={tmp_path / 'extra'}"
-    res = cli.run("--multirun", extra, "search=optuna", "model=logreg_env", "hydra.sweeper.n_trials=2", "tracking=none")
-    assert res.code == 0, res.stderr
-    assert "sweep finished: 2 jobs (2 finished)" in res.stdout
-    assert "Warning" not in res.stderr
+    for searched in (
+        ["search=optuna", "hydra.sweeper.n_trials=2"],  # by the search's params
+        ["search=optuna", "hydra.sweeper.n_trials=2", "model.C=tag(log,interval(0.01,1))"],  # on the command line
+        ["hydra/sweeper=basic", "model.C=0.1,1"],  # swept by Hydra's own sweeper
+    ):
+        res = cli.run("--multirun", extra, "model=logreg_env", "tracking=none", *searched)
+        assert res.code == 0, (searched, res.stderr)
+        assert "sweep finished: 2 jobs (2 finished)" in res.stdout
+        assert "Warning" not in res.stderr

@@ -9,20 +9,16 @@ reported by :class:`lab.tracking.TrackingCallback` once the sweep is over.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lab.config import ConfigError, TrainConfig
-from lab.records import redact_text
-from lab.validation import check_job, describe, fail, hydra_config
+from lab.validation import check_job, describe, fail, hydra_config, job_hydra_config
 
 __all__ = ["LAUNCH_WIDE", "check_launch_wide", "run_sweep"]
 
@@ -48,13 +44,13 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
                 cfg = loader.load_sweep_config(sweeper.config, list(job))
                 with open_dict(cfg):  # numbered as the launcher numbers it: ${hydra:job.num} resolves
                     cfg.hydra.job.id = cfg.hydra.job.num = idx
-                with _as_hydra_config(cfg):
+                with job_hydra_config(cfg):
                     check_launch_wide(sweeper.config, check_job(cfg))
             except Exception as exc:  # a usage error gets one line naming its job; others go on up
                 message = describe(exc)
                 if message is None:
                     raise
-                raise fail(f"{message} (in sweep job: {redact_text(' '.join(job))})") from None
+                raise fail(f"{message} (in sweep job: {' '.join(job)})") from None  # fail redacts
     n_jobs = sum(len(b) for b in batches)
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)
@@ -93,20 +89,6 @@ def check_launch_wide(launch: DictConfig, job: TrainConfig) -> None:
             "false in every job when the launch is untracked; to track only some jobs, track the launch "
             "and turn tracking off in the others",
         )
-
-
-@contextlib.contextmanager
-def _as_hydra_config(cfg: DictConfig) -> Iterator[None]:
-    """``HydraConfig`` set from the job's own config for the while, as the launcher sets it."""
-    from lab.launching import set_hydra_config
-
-    holder = HydraConfig.instance()
-    before = holder.cfg
-    try:
-        set_hydra_config(cfg)
-        yield
-    finally:
-        holder.cfg = before
 
 
 def _check_launch_settings(config: DictConfig) -> None:

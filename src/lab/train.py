@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from lab import outputs
 from lab.config import register_configs
 from lab.launching import freeze_imports
+from lab.records import redact_text
 from lab.validation import UsageError, check_job, describe
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -79,9 +80,9 @@ def main() -> None:
         if frame is not None:  # e.g. `data=null`, a sweep type it lacks
             message = _hydras_error(exc, frame)
         if message is not None:
-            print(message, file=sys.stderr)
+            print(redact_text(message), file=sys.stderr)
             sys.exit(2)
-        print(f"lab: job failed: {outputs.summarize(exc)}", file=sys.stderr)
+        print(redact_text(f"lab: job failed: {outputs.summarize(exc)}"), file=sys.stderr)
         sys.exit(1)
     finally:
         from lab import publishing

@@ -11,16 +11,17 @@ option, bad type, malformed override, broken YAML) are turned into the same shor
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import (
     InterpolationResolutionError,
-    InterpolationValidationError,
     MissingMandatoryValue,
     OmegaConfBaseException,
 )
@@ -28,6 +29,7 @@ from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.publishing import check_uri, resolve_uri
+from lab.records import redact_text
 
 __all__ = [
     "UsageError",
@@ -35,6 +37,7 @@ __all__ = [
     "check_job",
     "describe",
     "hydra_config",
+    "job_hydra_config",
     "refused_as_usage",
     "task_overrides",
 ]
@@ -122,8 +125,26 @@ def task_overrides(config: DictConfig) -> list[str]:
 
 
 def fail(message: str) -> UsageError:
+    """Print ``message`` (credentials in a URL redacted) and return the exit-2 error to raise."""
+    message = redact_text(message)
     sys.stderr.write(message + "\n")
     return UsageError(message)
+
+
+@contextlib.contextmanager
+def job_hydra_config(cfg: DictConfig) -> Iterator[None]:
+    """``HydraConfig`` set from a job's own config for the while, as the launcher sets it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lab.launching import set_hydra_config
+
+    holder = HydraConfig.instance()
+    before = holder.cfg
+    try:
+        set_hydra_config(cfg)
+        yield
+    finally:
+        holder.cfg = before
 
 
 @contextlib.contextmanager
@@ -171,25 +192,26 @@ class ValidationCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # lab's sweeper checks every job before the first; Optuna's knows a trial's values
-        # only when it proposes it, but a bad fixed override (`split.test_size=2`) would fail
-        # every trial: the launch's config, which holds those, is checked up front.
+        # only when it proposes it (and Hydra's basic one composes each job when it runs
+        # it), but a bad fixed override (`split.test_size=2`) would fail every job: the
+        # launch's config, which holds those, is checked up front, numbered as the first
+        # job so that ${hydra:job.num} resolves as it will there.
         sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
         if "lab_sweeper" not in sweeper:
             params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
             keys = [str(key) for key in params] if isinstance(params, DictConfig) else []
+            first = copy.deepcopy(config)
+            with open_dict(first):
+                first.hydra.job.id = first.hydra.job.num = 0
             try:
-                with hydra_config(config):
-                    check_job(config)
+                with job_hydra_config(first):
+                    check_job(first)
             except ConfigError as exc:
                 raise fail(describe(exc) or str(exc)) from None
-            except InterpolationValidationError:
-                pass  # ${hydra:job.num} is None in the launch: it resolves in each trial
             except (MissingMandatoryValue, InterpolationResolutionError) as exc:
-                # `???` or `${oc.env:UNSET}` that no trial replaces: fails every trial. A
-                # trial replaces a searched key, unless the command line fixes it (a fixed
-                # override takes the key out of Optuna's search space).
-                typed = {o.partition("=")[0] for o in task_overrides(config)}
-                if exc.full_key not in set(keys) - typed:
+                # `???`, `${oc.env:UNSET}` or a value of the wrong type: it fails every job,
+                # unless each job replaces it
+                if not _replaced_per_job(config, exc.full_key or "", keys):
                     raise fail(describe(exc) or str(exc)) from None
             except Exception:  # noqa: BLE001 - checked in each trial
                 pass
@@ -197,6 +219,24 @@ class ValidationCallback(Callback):
         n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
         if "optuna" in sweeper and isinstance(n_trials, int) and n_trials < 1:
             raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
+
+
+def _replaced_per_job(config: DictConfig, key: str, searched: list[str]) -> bool:
+    """Whether each job of the launch gets its own value for ``key``: the sweeper's
+    ``params`` or a sweep on the command line set it (``model.C=0.1,1``, Optuna's
+    ``interval(…)``), and no fixed override does (Optuna takes a key given one value on the
+    command line out of its search space). True, too, when a group is swept or searched
+    (``model=logreg,svm``): which keys a job has then depends on the job."""
+    try:
+        overrides = OverridesParser.create().parse_overrides(task_overrides(config))
+    except Exception:  # noqa: BLE001 - e.g. glob(), which needs the config loader: cannot tell
+        return True
+    fixed = {o.key_or_group for o in overrides if not o.is_sweep_override()}
+    varied = {o.key_or_group for o in overrides if o.is_sweep_override()} | {k.lstrip("+~") for k in searched}
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    if any(k in choices for k in varied):
+        return True
+    return key in varied and key not in fixed
 
 
 def _check_search_keys(config: DictConfig, keys: list[str]) -> None:
