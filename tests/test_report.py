@@ -394,6 +394,9 @@ ABOVE_SWEEPS = {
     "untracked optuna": ("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none"),
     # stopped before Optuna saved its results: only the jobs' hydra.yaml name the sweep dir
     "untracked optuna, no results": ("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none"),
+    "untracked optuna, no results, meta": (
+        *("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none", "hydra.output_subdir=meta"),
+    ),
 }
 
 
@@ -401,7 +404,7 @@ ABOVE_SWEEPS = {
 def test_a_dir_above_sweep_dirs_is_refused_naming_them(cli: Cli, case: str) -> None:
     """``outputs/`` holds sweep dirs: each would pass for one job of a one-job "sweep"."""
     assert cli.sweep(*ABOVE_SWEEPS[case], "tracking.log_model=false").code == 0
-    if case.endswith("no results"):
+    if "no results" in case:
         (cli.cwd / "outputs" / "sweep" / "optimization_results.yaml").unlink()
     res = cli.run("outputs", "--no-log", module="lab.report")
     assert res.code == 2, res.stderr
@@ -409,3 +412,14 @@ def test_a_dir_above_sweep_dirs_is_refused_naming_them(cli: Cli, case: str) -> N
     assert not (cli.cwd / "outputs" / "summary.csv").exists()
     # while the sweep dir itself is a sweep to report on
     assert cli.run("outputs/sweep", "--no-log", module="lab.report").code == 0
+
+
+def test_a_reproduced_sweep_job_is_not_taken_for_its_sweep(cli: Cli) -> None:
+    """A reproduction keeps its original's ``hydra.yaml``, which names the original's sweep
+    dir: that is no sweep dir below ``outputs/``, the less so once it is deleted."""
+    assert cli.sweep("seed=${hydra:job.num}", "model.C=0.5,1", "tracking=none").code == 0
+    assert cli.run("outputs/sweep/1", module="lab.reproduce").code == 0
+    shutil.rmtree(cli.cwd / "outputs" / "sweep")
+    res = cli.run("outputs", "--no-log", module="lab.report")
+    assert res.code == 0, res.stderr
+    assert "lab: 1 job, 1 finished" in res.stdout

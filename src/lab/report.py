@@ -480,12 +480,18 @@ def _sweep_dirs_below(path: Path, output_subdir: str | None) -> list[Path]:
             if _is_sweep_dir(d):
                 found[d] = None
             d = d.parent
-        if job_dir.parent == path or job_dir.parent in asked or output_subdir is None:
+        if job_dir.parent == path or job_dir.parent in asked:
             continue
         asked.add(job_dir.parent)
-        named = read_sweep_dir(job_dir / output_subdir / "hydra.yaml")
-        if named is not None and named.resolve() != top and named.resolve().is_relative_to(top):
-            found[path / named.resolve().relative_to(top)] = None
+        # where the job's launch put it: `path`'s own output_subdir is a guess (no multirun.yaml)
+        saved = [job_dir / output_subdir / "hydra.yaml"] if output_subdir is not None else []
+        hydra_file = next((f for f in [*saved, *job_dir.glob("*/hydra.yaml")] if f.is_file()), None)
+        named = read_sweep_dir(hydra_file) if hydra_file is not None else None
+        if named is None or not named.is_dir():
+            continue
+        named = named.resolve()  # the job's own sweep dir, not one it was copied from (lab.reproduce)
+        if named != top and named.is_relative_to(top) and job_dir.resolve().is_relative_to(named):
+            found[path / named.relative_to(top)] = None
     return list(found)
 
 
