@@ -144,8 +144,13 @@ def test_a_config_that_used_hydra_interpolations_reproduces(cli: Cli, by: str) -
             "uses ${hydra:…}, but the job's saved .hydra/hydra.yaml is missing",
         ),
         ("tracking.experiment=at-${now:%H-%M-%S-%f}", "uses ${now:…}, which cannot be reproduced"),
+        (  # OmegaConf allows blanks around a resolver's name
+            "tracking.experiment=${ hydra :runtime.choices.model}",
+            "uses ${hydra:…}, but the job's saved .hydra/hydra.yaml is missing",
+        ),
+        ("tracking.experiment=at-${ now:%H-%M-%S-%f}", "uses ${now:…}, which cannot be reproduced"),
     ],
-    ids=["hydra", "now"],
+    ids=["hydra", "now", "hydra, blanks", "now, blanks"],
 )
 def test_a_config_whose_values_cannot_be_resolved_again_gives_exit_2(cli: Cli, override: str, expected: str) -> None:
     assert cli.train("tracking=none", override).code == 0
@@ -157,6 +162,26 @@ def test_a_config_whose_values_cannot_be_resolved_again_gives_exit_2(cli: Cli, o
     assert res.stderr.strip().startswith(f"error: the logged config of outputs/run {expected}"), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (cli.cwd / "outputs" / "reproductions").exists()
+
+
+def test_a_config_that_resolves_differently_here_is_refused(cli: Cli) -> None:
+    """``${oc.env:…}`` reads the environment of the reproduction: another value would train
+    another job, and identical metrics would not make it a reproduction."""
+    assert cli.train("model.max_iter=${oc.env:LAB_TEST_MAX_ITER}", LAB_TEST_MAX_ITER="200").code == 0
+    original = only_run(cli, "job")
+
+    res = cli.run(original.info.run_id, module="lab.reproduce", LAB_TEST_MAX_ITER="300")
+
+    assert res.code == 2, res.stdout
+    assert res.stderr.strip() == (
+        f"error: the logged config of run {original.info.run_id} resolves differently here: model.max_iter=300, "
+        "but 200 in the original; an interpolation (${oc.env:…}?) reads this environment: set it as the "
+        "original's to reproduce it"
+    )
+    assert not (cli.cwd / "outputs" / "reproductions").exists()
+    res = cli.run(original.info.run_id, module="lab.reproduce", LAB_TEST_MAX_ITER="200")
+    assert res.code == 0, res.stderr
+    assert SUCCESS.format(2) in res.stdout
 
 
 def test_reproduce_a_child_of_a_sweep(cli: Cli) -> None:

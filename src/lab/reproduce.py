@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -69,8 +70,9 @@ __all__ = [
 
 CONFIG_FILE = ".hydra/config.yaml"
 HYDRA_FILE = ".hydra/hydra.yaml"  # as logged (lab.publishing maps any output_subdir to .hydra)
-HYDRA_INTERPOLATION = "${hydra:"
-NOW_INTERPOLATION = "${now:"
+# ${hydra:…} and ${now:…}, as OmegaConf reads them: blanks are allowed around the resolver's name
+HYDRA_INTERPOLATION = re.compile(r"\$\{\s*hydra\s*:")
+NOW_INTERPOLATION = re.compile(r"\$\{\s*now\s*:")
 REPRODUCTIONS_DIR = Path("outputs") / "reproductions"
 # The original run's tags that say where its result came from, compared with now.
 PROVENANCE_TAGS = (
@@ -186,7 +188,7 @@ def _from_run_id(run_id: str) -> Original:
         except (MlflowException, OSError):
             raise fail(f"error: run {run_id} has no {CONFIG_FILE} artifact; is it a job's run?") from None
         hydra_text = None
-        if HYDRA_INTERPOLATION in text:
+        if HYDRA_INTERPOLATION.search(text):
             with contextlib.suppress(MlflowException, OSError):
                 hydra_text = Path(publisher.client.download_artifacts(run_id, HYDRA_FILE, download_dir)).read_text()
     job_config, config = load_config(text, f"run {run_id}", hydra_text)
@@ -228,7 +230,7 @@ def _from_outputs_dir(job_dir: Path) -> Original:
         raise fail(f"error: {job_dir} has no {CONFIG_FILE}; pass a job's outputs dir or an MLflow run id")
     text = config_file.read_text()
     hydra_file = config_file.with_name("hydra.yaml")
-    hydra_text = hydra_file.read_text() if HYDRA_INTERPOLATION in text and hydra_file.is_file() else None
+    hydra_text = hydra_file.read_text() if HYDRA_INTERPOLATION.search(text) and hydra_file.is_file() else None
     job_config, config = load_config(text, str(job_dir), hydra_text)
     synced = job_dir / SYNCED_FILE
     # the receipt of the record in the dir, not one an earlier run left there
@@ -241,6 +243,8 @@ def _from_outputs_dir(job_dir: Path) -> Original:
         original = _from_run(publisher, run, f"run {run_id} ({job_dir})", text, job_config, config)
         original.hydra_text = hydra_text
         return original
+    if (job_dir / RECORD_FILE).exists():  # pending: its params are the original's too
+        _check_resolves_as_before(str(job_dir), job_config, JobRecord.load(job_dir).params)
     data = outputs.read_metrics(job_dir)
     if data is None:
         raise fail(f"error: {job_dir} has no {outputs.METRICS_FILE} to compare with; the job did not finish")
@@ -260,9 +264,26 @@ def _from_outputs_dir(job_dir: Path) -> Original:
     )
 
 
+def _check_resolves_as_before(description: str, job_config: DictConfig, params: Mapping[str, str]) -> None:
+    """Refuse a logged config whose training inputs resolve to other values now than the
+    original's params say they did (``model.max_iter=${oc.env:MAX_ITER}`` in another
+    environment): the run would reproduce another job. Tracking settings may differ."""
+    now = job_params(job_config)
+    changed = [k for k in sorted(params.keys() & now.keys()) if not k.startswith("tracking.") and params[k] != now[k]]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise fail(
+            f"error: the logged config of {description} resolves differently here: {first}={now[first]}, "
+            f"but {params[first]} in the original{more}; an interpolation (${{oc.env:…}}?) reads this "
+            "environment: set it as the original's to reproduce it"
+        )
+
+
 def _from_run(
     publisher: Publisher, run: Any, description: str, text: str, job_config: DictConfig, config: TrainConfig
 ) -> Original:
+    _check_resolves_as_before(description, job_config, run.data.params)
     metrics = quality_metrics(run.data.metrics)
     if not metrics:
         raise fail(f"error: {description} has no metrics to compare with (status {run.info.status})")
@@ -334,14 +355,14 @@ def load_config(text: str, source: str, hydra_text: str | None = None) -> tuple[
     """
     from hydra.core.utils import setup_globals
 
-    if NOW_INTERPOLATION in text:
+    if NOW_INTERPOLATION.search(text):
         raise fail(
-            f"error: the logged config of {source} uses {NOW_INTERPOLATION}…}}, which cannot be reproduced: "
+            f"error: the logged config of {source} uses ${{now:…}}, which cannot be reproduced: "
             "its value was the job's start time, and no file keeps it"
         )
-    if HYDRA_INTERPOLATION in text and hydra_text is None:
+    if HYDRA_INTERPOLATION.search(text) and hydra_text is None:
         raise fail(
-            f"error: the logged config of {source} uses {HYDRA_INTERPOLATION}…}}, but the job's saved "
+            f"error: the logged config of {source} uses ${{hydra:…}}, but the job's saved "
             f"{HYDRA_FILE} is missing: its values cannot be resolved as the job resolved them"
         )
     setup_globals()  # Hydra's resolvers (hydra:, python_version:), as in the job
