@@ -193,7 +193,7 @@ TRICKY = {
 
 def test_to_yaml_gives_omegaconfs_exact_text() -> None:
     """lab writes .hydra/*.yaml with libyaml's emitter: the bytes must be OmegaConf's."""
-    from lab.launching import to_yaml
+    from lab.launching import libyaml_text, to_yaml
 
     cfg = OmegaConf.create(TRICKY)
     assert to_yaml(cfg) == OmegaConf.to_yaml(cfg)
@@ -204,9 +204,25 @@ def test_to_yaml_gives_omegaconfs_exact_text() -> None:
         text = rng.choice(["", "true", "1.5", "null", "0o7"]) + "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
         cfg = OmegaConf.create({"k": text, "l": [text, {"x": text}]})
         assert to_yaml(cfg) == OmegaConf.to_yaml(cfg), repr(text)
+    # keys too, some long: libyaml makes a key of ~123 UTF-8 bytes complex ("? key"), PyYAML one of 128 characters
+    for _ in range(1000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12))) * rng.choice([1, 1, 5, 20, 60])
+        cfg = OmegaConf.create({text: 1, "x": {text: [text]}})
+        assert to_yaml(cfg) == OmegaConf.to_yaml(cfg), repr(text)
+    for char, length in [("a", 125), ("é", 100), ("日", 60), ("a", 200), ("", 1)]:
+        cfg = OmegaConf.create({char * length: 1})
+        assert to_yaml(cfg) == OmegaConf.to_yaml(cfg), (char, length)
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
     full = loader.load_configuration("config", overrides=["model=svm"], run_mode=RunMode.MULTIRUN)
     assert to_yaml(full) == OmegaConf.to_yaml(full)
+    # a job's own files take libyaml's emitter when its overrides hold characters that Hydra escapes
+    # (sqlite\:///..., x\=1): those stay plain scalars, where both emitters agree
+    uri = ["tracking.uri=sqlite\\:////tmp/a\\ b/mlflow.db", "tracking.experiment=x\\=1\\,y"]  # as sweepers write them
+    escaped = loader.load_configuration("config", overrides=uri, run_mode=RunMode.MULTIRUN)
+    assert "sqlite\\:////tmp/a\\ b/mlflow.db" in escaped.hydra.job.override_dirname
+    assert "\\" in OmegaConf.to_yaml(escaped.hydra)
+    for node in (escaped, escaped.hydra, escaped.hydra.overrides.task):
+        assert libyaml_text(node) == OmegaConf.to_yaml(node)
     assert to_yaml(full.hydra.overrides.task) == OmegaConf.to_yaml(full.hydra.overrides.task)
 
 
