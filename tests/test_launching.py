@@ -3,6 +3,7 @@ callbacks and the job dir exactly what Hydra's own ``run_job`` gives."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import random
@@ -257,6 +258,38 @@ def test_forked_workers_return_every_job_in_order(tmp_path: Path) -> None:
     pids = {pid for _, pid in done}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     assert all((tmp_path / str(n) / ".hydra" / "config.yaml").exists() for n in range(10, 15))
+
+
+def test_forked_workers_start_with_scikit_learn_imported(tmp_path: Path) -> None:
+    """The launching process imports scikit-learn before it forks its workers, so that no
+    worker imports it again at its first job."""
+    code = f"""
+import os, sys
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import HydraContext, RunMode
+from lab.config import register_configs
+from lab.launching import LabLauncher
+from lab.train import CONFIG_DIR
+
+register_configs()
+loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+master = loader.load_configuration("config", overrides=["hydra.sweep.dir={tmp_path}"], run_mode=RunMode.MULTIRUN)
+HydraConfig.instance().set_config(master)
+launcher = LabLauncher(n_jobs=2)
+task = lambda cfg: (os.getpid(), "sklearn" in sys.modules)
+context = HydraContext(config_loader=loader, callbacks=Callbacks())
+launcher.setup(hydra_context=context, task_function=task, config=master)
+assert "sklearn" not in sys.modules
+runs = launcher.launch([[f"seed={{s}}"] for s in range(4)], initial_job_idx=0)
+print(sorted({{r.return_value for r in runs}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seen = ast.literal_eval(done.stdout.strip().splitlines()[-1])  # [(pid, sklearn imported), ...]
+    assert seen and all(imported for _, imported in seen), seen
 
 
 def test_n_jobs_minus_one_is_one_worker_per_usable_cpu() -> None:
