@@ -205,7 +205,8 @@ def test_to_yaml_gives_omegaconfs_exact_text() -> None:
         text = rng.choice(["", "true", "1.5", "null", "0o7"]) + "".join(rng.choices(alphabet, k=rng.randint(0, 30)))
         cfg = OmegaConf.create({"k": text, "l": [text, {"x": text}]})
         assert to_yaml(cfg) == OmegaConf.to_yaml(cfg), repr(text)
-    # keys too, some long: libyaml makes a key of ~123 UTF-8 bytes complex ("? key"), PyYAML one of 128 characters
+    # keys too, some long or empty: PyYAML writes a key of 123+ characters, or an empty one, as a
+    # complex key ("? key"), libyaml one of more than 128 UTF-8 bytes
     for _ in range(1000):
         text = "".join(rng.choices(alphabet, k=rng.randint(0, 12))) * rng.choice([1, 1, 5, 20, 60])
         cfg = OmegaConf.create({text: 1, "x": {text: [text]}})

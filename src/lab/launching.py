@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -382,8 +381,9 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
     global _forked_from
     _forked_from = launcher
     # every worker trains: import scikit-learn once, here, rather than in each worker at its
-    # first job (~1.5 s each, on the cores the jobs need, and memory no longer shared)
-    importlib.import_module("lab.training")
+    # first job (~1.5 s each, on the cores the jobs need, and not shared between them)
+    import lab.training  # noqa: F401
+
     freeze_imports()
     executor = ProcessPoolExecutor(
         max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),)
