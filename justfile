@@ -25,13 +25,13 @@ train *ARGS:
 sweep *ARGS:
     {{uv}} python -m lab.train --multirun seed=1,2,3 model.C=0.01,0.1,1,10 hydra.launcher.n_jobs={{jobs}} "$@"
 
-# fast tests (skips slow and browser tests)
+# fast tests (skips slow and browser tests); one pytest worker per CPU, at most 4
 test *ARGS:
-    {{uv}} pytest "$@"
+    {{uv}} pytest -n {{jobs}} "$@"
 
 # every test, including slow (Ray, PostgreSQL, concurrency) and e2e (Chromium) ones; lists the slowest
 test-all *ARGS:
-    {{uv}} pytest -m "" --durations=20 "$@"
+    {{uv}} pytest -n {{jobs}} -m "" --durations=20 "$@"
 
 # ruff lint and format check
 lint:
