@@ -228,7 +228,7 @@ def single_run(repeats: int, store: Path) -> tuple[Row, Row, Row]:
             f"{inline_rss:.0f} MB",
             inline_rss <= limit,
             f"limit {limit:.0f} MB; one process, publishing itself after the fit: {med(inline):.2f} s "
-            f"({med(inline) / med(base):.2f}× the plain script, against target 2's 1.8×)",
+            f"({shown(med(inline) / med(base), 2, up=True)} the plain script, against target 2's 1.8×)",
         ),
     )
 
