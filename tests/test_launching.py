@@ -287,7 +287,7 @@ assert "sklearn" not in sys.modules
 runs = launcher.launch([[f"seed={{s}}"] for s in range(4)], initial_job_idx=0)
 print(sorted({{r.return_value for r in runs}}))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     seen = ast.literal_eval(done.stdout.strip().splitlines()[-1])  # [(pid, sklearn imported), ...]
     assert seen and all(imported for _, imported in seen), seen
@@ -315,5 +315,5 @@ freeze_imports()
 assert gc.get_freeze_count() > frozen, "a job's new imports were left unfrozen"
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "ok", done.stderr
