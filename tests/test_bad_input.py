@@ -18,6 +18,9 @@ CASES = [
     (["split=loo"], "split=loo: unknown option; choose one of: holdout, kfold"),
     (["tracking=wandb"], "tracking=wandb: unknown option"),
     (["hydra/launcher=nope"], "hydra/launcher=nope: unknown option"),
+    # an option holding "/" is one option of its group (Hydra names the group; a URL is redacted)
+    (["data=nope/x"], "data=nope/x: unknown option; choose one of: breast_cancer, digits, iris, wine"),
+    (["data=http://user:s3cret@h"], "data=http://***@h: unknown option; choose one of: breast_cancer, digits"),
     (["model.Cc=1"], "model.Cc: unknown key; allowed: C, max_iter, name, solver"),
     (["+model.Cc=1"], "model.Cc=1: unknown key; allowed: C, max_iter, name, solver"),
     (["+foo=1"], "foo=1: unknown key; allowed: data, model, seed, split, threads, tracking"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -70,7 +71,13 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(exc, ConfigError):
         return f"error: {exc.key}={exc.value!r}: {exc.allowed}"
     if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
-        group, _, option = exc.missing_cfg_file.rpartition("/")
+        # Hydra names the group in its message; an option may itself hold "/" (a URL, a subdir)
+        named = re.search(r"Available options in '([^']*)'", str(exc))
+        path = exc.missing_cfg_file
+        if named and path.startswith(named[1] + "/"):
+            group, option = named[1], path[len(named[1]) + 1 :]
+        else:
+            group, _, option = path.rpartition("/")
         choices = ", ".join(o for o in sorted(exc.options) if not o.startswith("_"))
         return f"error: {group}={option}: unknown option; choose one of: {choices}"
     if isinstance(exc, OverrideParseException):
