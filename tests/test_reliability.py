@@ -375,9 +375,15 @@ def test_forked_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: C
         for pid in [*workers, publisher]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    jobs = kinds(store_runs(cli.uri), "job")
+    runs = store_runs(cli.uri)
+    jobs = kinds(runs, "job")
     assert jobs and {r.info.status for r in jobs} <= TERMINAL
     assert any(r.info.status == "KILLED" for r in jobs)
+    # the parent run, too, is ended by the publisher, not left RUNNING for `lab.runs reap`
+    [parent] = kinds(runs, "sweep")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["lab.error"] == f"the launching process {proc.pid} ended before its sweep did"
+    assert json.loads((sweep / "tracking.json").read_text())["status"] == "FAILED"
 
 
 @pytest.mark.fresh_store

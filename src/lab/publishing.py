@@ -463,6 +463,7 @@ class _Session:
         self.failures = 0  # consecutive failed records
         self.open_jobs: dict[str, JobRecord] = {}  # started, not yet finished
         self.sweeps: dict[str, JobRecord] = {}
+        self.ended_sweeps: set[str] = set()  # the launcher sent their end
 
     def connect(self) -> Publisher | None:
         """The publisher, or None once tracking is judged unavailable."""
@@ -524,6 +525,7 @@ class _Session:
         elif kind == "sweep_end":
             sweep_record = JobRecord.load(event["job_dir"])
             self.sweeps[sweep_record.uid] = sweep_record
+            self.ended_sweeps.add(sweep_record.uid)
             self.attempt(sweep_record, lambda p: p.finish_parent(sweep_record))
 
     def abandon_open_jobs(self) -> None:
@@ -538,6 +540,26 @@ class _Session:
                 fresh.tags["lab.error"] = fresh.error
                 fresh.save()
             self.publish_job(fresh)
+
+    def abandon_open_sweeps(self) -> None:
+        """The launcher went away without ending its sweep (SIGKILL, the OOM killer): end the
+        parent run FAILED, saying why, as ``lab.runs reap`` would, so it does not stay RUNNING."""
+        for uid, sweep in list(self.sweeps.items()):
+            if uid in self.ended_sweeps:
+                continue
+            try:
+                fresh = JobRecord.load(sweep.job_dir)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # gone or unreadable: `lab.runs reap` ends its parent run
+            if fresh.uid != uid:  # a re-used sweep dir: another launch's record now
+                continue
+            if not fresh.finished:
+                fresh.status, fresh.end_time = "FAILED", _now_ms()
+                fresh.error = f"the launching process {fresh.tags.get('lab.pid')} ended before its sweep did"
+                fresh.tags["lab.error"] = fresh.error
+                fresh.save()
+            self.sweeps[uid] = fresh
+            self.attempt(fresh, functools.partial(Publisher.finish_parent, sweep=fresh))
 
 
 def error_line(exc: BaseException) -> str:
@@ -595,6 +617,7 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
             open_input = False  # the launcher is done (or gone): drain once more, then stop
     if session.open_jobs:
         session.abandon_open_jobs()
+    session.abandon_open_sweeps()
     with contextlib.suppress(OSError):  # absent, or late events: they stay for `lab.runs sync`
         queue_dir.rmdir()
     return 0 if session.broken is None and session.failures == 0 else 3
