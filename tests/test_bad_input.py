@@ -48,7 +48,17 @@ CASES = [
     (["model.C=${nosuch}"], "model.C: Interpolation key 'nosuch' not found"),
     (["data=null"], "override 'data=null': ValueError: Config group override must be a string or a list"),
     # raised inside OmegaConf while Hydra applies the override: Hydra's refusal, not a job's failure
-    (["--multirun", 'hydra.sweeper.params={seed:"1,2"}'], "override 'hydra.sweeper.params={seed:\"1,2\"}'"),
+    (
+        ["--multirun", "hydra/sweeper=basic", 'hydra.sweeper.params={seed:"1,2"}'],
+        "override 'hydra.sweeper.params={seed:\"1,2\"}'",
+    ),
+    # a new key of a mapping without a schema needs Hydra's +: the message says so
+    (
+        ["--multirun", 'hydra.sweeper.params.seed="1,2"'],
+        "hydra.sweeper.params.seed: unknown key; a new key of this mapping is added with '+': "
+        "+hydra.sweeper.params.seed=…",
+    ),
+    (["hydra.job.env_set.X=1"], "hydra.job.env_set.X: unknown key; a new key of this mapping is added with '+'"),
     (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
     (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
     (["model.C=("], "malformed override: Error parsing override 'model.C=('"),

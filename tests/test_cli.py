@@ -358,6 +358,17 @@ def test_sweep_jobs_may_interpolate_their_own_job_number(cli: Cli) -> None:
     assert "seed 1" in (sweep / "1" / "train.log").read_text()
 
 
+@pytest.mark.parametrize("arg", ['+hydra.sweeper.params.seed="1,2"', '+hydra.sweeper.params={seed:"1,2"}'])
+def test_the_sweepers_params_may_be_given_on_the_command_line(cli: Cli, arg: str) -> None:
+    """lab's sweeper takes ``hydra.sweeper.params`` as Hydra's basic one does, and its empty
+    mapping (not null, which OmegaConf cannot merge into) takes new keys with ``+``."""
+    res = cli.sweep(arg, "tracking=none")
+    assert res.code == 0, res.stderr
+    sweep = cli.cwd / "outputs" / "sweep"
+    assert [yaml.safe_load((sweep / j / ".hydra" / "config.yaml").read_text())["seed"] for j in "01"] == [1, 2]
+    assert not (sweep / "2").exists()
+
+
 def test_the_overrides_tag_keeps_an_interpolation_as_typed(cli: Cli) -> None:
     """``lab.overrides`` is what was typed: the params hold the resolved value."""
     assert cli.train("model.C=${oc.env:LAB_TEST_C}", LAB_TEST_C="0.5").code == 0

@@ -105,7 +105,10 @@ def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
         allowed = _fields_of(getattr(exc, "object_type", None))
         if key.rpartition(".")[2] in allowed.split(", "):  # a schema field, deleted with ~key
             return f"error: {key}: required; it cannot be deleted (~{key})"
-        return f"error: {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
+        if allowed or not key or getattr(exc, "object_type", None) not in (None, dict):
+            return f"error: {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
+        # a mapping without a schema (hydra.job.env_set, hydra.sweeper.params): Hydra adds keys with +
+        return f"error: {key}: unknown key; a new key of this mapping is added with '+': +{key}=…"
     where = f"{key}: " if key else (_first_lines(context) + ": " if context else "")
     return f"error: {where}{first}"
 

@@ -7,7 +7,7 @@ plugin scan executes this module outside ``sys.modules``, where dataclasses cann
 resolve string annotations.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -24,7 +24,7 @@ class LabSweeperConf:
     # Jobs per launcher call; null launches them all at once (the launcher bounds parallelism).
     max_batch_size: int | None = None
     # Sweep overrides kept in the config, as for the basic sweeper: {model.C: "0.1,1"}.
-    params: dict[str, str] | None = None
+    params: dict[str, str] = field(default_factory=dict)
     # Compose each config structure once and derive leaf-only variants from it
     # (lab.composition); false composes every job from scratch, as Hydra's basic sweeper does.
     compose_cache: bool = True
