@@ -28,6 +28,7 @@ from lab.config import register_configs
 from lab.launching import LabLauncher, copy_without_hydra, set_hydra_config
 from lab.launching import run_job as lab_run_job
 from lab.train import CONFIG_DIR
+from tests.conftest import Cli
 
 register_configs()
 
@@ -317,3 +318,46 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+COUNTING_CALLBACK = """
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+class CountJobs(Callback):
+    \"\"\"Writes into each job's dir its process and how many jobs this object has started.\"\"\"
+
+    def __init__(self):
+        self.started = 0
+
+    def on_job_start(self, config, **kwargs):
+        self.started += 1
+        Path(config.hydra.runtime.output_dir, "started.txt").write_text(f"{os.getpid()} {self.started}")
+"""
+HYDRAS_JOBLIB = "hydra.launcher._target_=hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+@pytest.mark.parametrize("launcher", ["lab", "hydra"])
+def test_joblib_workers_are_sent_the_launch_once(cli: Cli, launcher: str) -> None:
+    """``hydra/launcher=joblib`` is lab's subclass: a loky worker unpickles the launch
+    (callbacks, config, Hydra's state) at its first job and runs the next ones on it, as a
+    forked worker does. Hydra's own class, one override away, sends it with every job."""
+    (cli.cwd / "counting.py").write_text(COUNTING_CALLBACK)
+    extra = [HYDRAS_JOBLIB] if launcher == "hydra" else []
+    jobs = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+hydra.callbacks.count._target_=counting.CountJobs"]
+    res = cli.sweep("seed=range(1,7)", "tracking=none", *jobs, *extra)
+    assert res.code == 0, res.stderr
+    sweep = cli.cwd / "outputs" / "sweep"
+    started: dict[int, list[int]] = {}
+    for job in range(6):
+        pid, count = (sweep / str(job) / "started.txt").read_text().split()
+        started.setdefault(int(pid), []).append(int(count))
+    assert 1 <= len(started) <= 2  # loky worker processes
+    if launcher == "hydra":
+        assert [c for counts in started.values() for c in counts] == [1] * 6
+    else:
+        assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in started.values()), started
+        assert max(len(counts) for counts in started.values()) > 1

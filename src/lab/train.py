@@ -64,8 +64,8 @@ def main() -> None:
     # uploaded copy of the cwd, building a new venv without the `ray` extra: they never
     # start. Workers use the cluster's Python instead; set this to 1 to opt back in.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    # conf/hydra/launcher/ray.yaml replaces the plugin's `ray` option on purpose (see there).
-    warnings.filterwarnings("ignore", message="\n'hydra/launcher/ray' is validated against ConfigStore schema")
+    # conf/hydra/launcher/{ray,joblib}.yaml replace the plugins' options on purpose (see there).
+    warnings.filterwarnings("ignore", message="\n'hydra/launcher/(ray|joblib)' is validated against ConfigStore schema")
     freeze_imports()
     try:
         run_job()

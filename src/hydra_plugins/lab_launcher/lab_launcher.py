@@ -7,9 +7,12 @@ subclass. No ``from __future__ import annotations`` here: Hydra's plugin scan ex
 this module outside ``sys.modules``, where dataclasses cannot resolve string annotations.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
 from lab import launching
 
@@ -29,3 +32,11 @@ ConfigStore.instance().store(group="hydra/launcher", name="lab", node=LabLaunche
 
 class LabLauncher(launching.LabLauncher):
     """See :class:`lab.launching.LabLauncher`."""
+
+
+class LabJoblibLauncher(JoblibLauncher):  # type: ignore[misc]  # the plugin ships no types
+    """``hydra/launcher=joblib`` (conf/hydra/launcher/joblib.yaml): Hydra's joblib launcher,
+    sending each loky worker the launch once; see :func:`lab.launching.launch_joblib`."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return launching.launch_joblib(self, job_overrides, initial_job_idx)
