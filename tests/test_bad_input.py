@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, store_runs
 
 BROKEN_YAML = "defaults:\n  - /schema/model/logreg@_here_\nC: [1, 2\n"
 
@@ -135,6 +135,30 @@ def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str
     assert not (cli.cwd / "outputs").exists()
     assert not (cli.cwd / "mlflow.db").exists()
     assert not (cli.cwd / "mlruns").exists()
+
+
+REFUSED_IN_A_USED_DIR = {
+    "lab's sweeper": ["seed=1,2", "model.C=1,-1"],
+    "a fixed value": ["seed=1,2", "split.test_size=2"],
+    "Optuna's key check": ["search=optuna", "model=random_forest"],
+}
+
+
+@pytest.mark.parametrize("args", list(REFUSED_IN_A_USED_DIR.values()), ids=list(REFUSED_IN_A_USED_DIR))
+def test_a_sweep_refused_in_a_used_sweep_dir_changes_nothing(cli: Cli, args: list[str]) -> None:
+    """Refused into the dir of an earlier sweep, a launch leaves that sweep's summary and
+    record as they were, and makes no MLflow run, as it does in a new dir."""
+    assert cli.sweep("seed=1,2", "tracking.log_model=false").code == 0
+    sweep = cli.cwd / "outputs" / "sweep"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*") if p.is_file()}
+    runs = len(store_runs(cli.uri))
+    res = cli.sweep(*args)
+    assert res.code == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "sweep failed" not in res.stdout + res.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*") if p.is_file()} == before
+    assert len(store_runs(cli.uri)) == runs
 
 
 def test_invalid_yaml_in_conf_is_a_short_error(cli: Cli, tmp_path: Path) -> None:

@@ -145,6 +145,17 @@ class _Launch:
     client_env: dict[str, str] | None = None
 
 
+_launching: TrackingCallback | None = None  # the launch's callback, in the launching process
+
+
+def refused() -> None:
+    """The launch was refused as bad input (lab.train exits 2). Its end then records
+    nothing, unless some job already ran (Hydra's basic sweeper validates each job only
+    when it runs it)."""
+    if _launching is not None:
+        _launching._refused = True
+
+
 class TrackingCallback(Callback):
     """Hydra callback: outputs-dir records, MLflow runs, a progress line per job."""
 
@@ -160,6 +171,7 @@ class TrackingCallback(Callback):
         self._publisher_reported = False
         self._inline_broken: str | None = None  # why this process stopped publishing inline
         self._inline_failures = 0  # inline publications failed in a row
+        self._refused = False  # the launch was refused as bad input (lab.train, exit 2)
 
     def __getstate__(self) -> dict[str, Any]:
         # Jobs get a pickled copy: only the launch facts travel, not the publisher process.
@@ -231,6 +243,8 @@ class TrackingCallback(Callback):
             pid=os.getpid(),
         )
         atexit.register(self._at_exit)
+        global _launching
+        _launching = self
         if not (tracking.enabled and tracking.background):
             from lab import publishing
 
@@ -359,6 +373,11 @@ class TrackingCallback(Callback):
             for job_dir in dirs:
                 self._end_open_record(job_dir, "FAILED", returned=True)
         ours = self._launch_dirs(config, dirs)  # after any open records were ended above
+        if self._refused and not ours:
+            # bad input, refused before any job ran: a re-used sweep dir keeps the earlier
+            # sweep's summary and record, and MLflow gets no parent run, as with a new dir
+            self._wait_for_publisher()
+            return
         summary = None
         if self.launch.sweep_dir is not None and Path(self.launch.sweep_dir).exists():
             summary = self._write_summary(config, status, ours)

@@ -70,6 +70,9 @@ def main() -> None:
     try:
         run_job()
     except UsageError as exc:
+        tracking = sys.modules.get("lab.tracking")
+        if tracking is not None:  # a sweep's launch had started: its end must record nothing
+            tracking.refused()
         sys.exit(exc.code)
     except KeyboardInterrupt as exc:
         print(f"lab: interrupted ({exc})", file=sys.stderr)
