@@ -415,8 +415,9 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
 # worker time a job, of which the plugin scan 158 ms and the fit 49 ms, plus ~58 ms a job
 # of pickling in the launching process, on the same two cores.
 #
-# conf/hydra/launcher/joblib.yaml points `hydra/launcher=joblib` at `LabJoblibLauncher` (src/hydra_plugins/lab_launcher):
-# the same joblib.Parallel on loky with the same settings and the same job ids
+# conf/hydra/launcher/joblib.yaml points `hydra/launcher=joblib` at `LabJoblibLauncher`
+# (src/hydra_plugins/lab_launcher): the same joblib.Parallel on loky with the same
+# settings and the same job ids
 # (``train_<n>``), but the launch is pickled once per launch() and unpickled once per worker.
 # The worker then runs its jobs as a forked worker does: Hydra's state set once and carried
 # from job to job (as in a single process), the composition cache filled by the first job,
