@@ -59,6 +59,11 @@ CASES = [
         "+hydra.sweeper.params.seed=…",
     ),
     (["hydra.job.env_set.X=1"], "hydra.job.env_set.X: unknown key; a new key of this mapping is added with '+'"),
+    (  # a dotted key is one key of the mapping only inside braces
+        ["--multirun", 'hydra.sweeper.params.model.C="0.1,1"'],
+        "hydra.sweeper.params.model.C: unknown key; a new key of this mapping is added with '+': "
+        "+hydra.sweeper.params={model.C: …}",
+    ),
     (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
     (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
     (["model.C=("], "malformed override: Error parsing override 'model.C=('"),
@@ -141,6 +146,7 @@ REFUSED_IN_A_USED_DIR = {
     "lab's sweeper": ["seed=1,2", "model.C=1,-1"],
     "a fixed value": ["seed=1,2", "split.test_size=2"],
     "Optuna's key check": ["search=optuna", "model=random_forest"],
+    "the sweeper's params": ['+hydra.sweeper.params.seed="range(1"'],  # Hydra's parser, not lab's check
 }
 
 

@@ -346,7 +346,9 @@ def test_joblib_workers_are_sent_the_launch_once(cli: Cli, launcher: str) -> Non
     (callbacks, config, Hydra's state) at its first job and runs the next ones on it, as a
     forked worker does. Hydra's own class, one override away, sends it with every job."""
     (cli.cwd / "counting.py").write_text(COUNTING_CALLBACK)
-    extra = [HYDRAS_JOBLIB] if launcher == "hydra" else []
+    # without the composition cache every job is composed in its worker, where Hydra would
+    # warn about conf/hydra/launcher/joblib.yaml each time
+    extra = [HYDRAS_JOBLIB] if launcher == "hydra" else ["hydra.sweeper.compose_cache=false"]
     jobs = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+hydra.callbacks.count._target_=counting.CountJobs"]
     res = cli.sweep("seed=range(1,7)", "tracking=none", *jobs, *extra)
     assert res.code == 0, res.stderr
@@ -359,5 +361,6 @@ def test_joblib_workers_are_sent_the_launch_once(cli: Cli, launcher: str) -> Non
     if launcher == "hydra":
         assert [c for counts in started.values() for c in counts] == [1] * 6
     else:
+        assert "validated against ConfigStore schema" not in res.stderr
         assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in started.values()), started
         assert max(len(counts) for counts in started.values()) > 1

@@ -36,6 +36,7 @@ import pickle
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -63,7 +64,14 @@ from omegaconf._utils import OmegaConfDumper
 
 from lab.records import redact_text
 
-__all__ = ["LabLauncher", "freeze_imports", "launch_forked", "launch_joblib", "run_job"]
+__all__ = [
+    "LabLauncher",
+    "freeze_imports",
+    "launch_forked",
+    "launch_joblib",
+    "quiet_replaced_launcher_options",
+    "run_job",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +137,12 @@ def to_yaml(cfg: Any) -> str:
     """``OmegaConf.to_yaml(cfg)``, the same text: libyaml's (a fifth of the cost), unless the
     two emitters may differ on it (see :func:`libyaml_text`)."""
     return libyaml_text(cfg) or OmegaConf.to_yaml(cfg)
+
+
+def quiet_replaced_launcher_options() -> None:
+    """conf/hydra/launcher/{ray,joblib}.yaml replace the plugins' options on purpose (see
+    there); Hydra warns at every composition that they are typed by the plugins' schemas."""
+    warnings.filterwarnings("ignore", message="\n'hydra/launcher/(ray|joblib)' is validated against ConfigStore schema")
 
 
 def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
@@ -479,6 +493,7 @@ def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str
 
         hydra_context, config, task_function, state = pickle.loads(launch)
         setup_globals()
+        quiet_replaced_launcher_options()  # a loky worker never ran lab.train's main
         Singleton.set_state(state)
         _joblib_launch = (launch_id, (hydra_context, config, task_function))
     hydra_context, config, task_function = _joblib_launch[1]

@@ -20,7 +20,6 @@ if __name__ == "__main__":
 
 import logging
 import os
-import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +27,7 @@ from omegaconf import DictConfig
 
 from lab import outputs
 from lab.config import register_configs
-from lab.launching import freeze_imports
+from lab.launching import freeze_imports, quiet_replaced_launcher_options
 from lab.records import redact_text
 from lab.validation import UsageError, check_job, describe
 
@@ -64,15 +63,12 @@ def main() -> None:
     # uploaded copy of the cwd, building a new venv without the `ray` extra: they never
     # start. Workers use the cluster's Python instead; set this to 1 to opt back in.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    # conf/hydra/launcher/{ray,joblib}.yaml replace the plugins' options on purpose (see there).
-    warnings.filterwarnings("ignore", message="\n'hydra/launcher/(ray|joblib)' is validated against ConfigStore schema")
+    quiet_replaced_launcher_options()
     freeze_imports()
     try:
         run_job()
     except UsageError as exc:
-        tracking = sys.modules.get("lab.tracking")
-        if tracking is not None:  # a sweep's launch had started: its end must record nothing
-            tracking.refused()
+        _refused()
         sys.exit(exc.code)
     except KeyboardInterrupt as exc:
         print(f"lab: interrupted ({exc})", file=sys.stderr)
@@ -84,6 +80,7 @@ def main() -> None:
             message = _hydras_error(exc, frame)
         if message is not None:
             print(redact_text(message), file=sys.stderr)
+            _refused()
             sys.exit(2)
         print(redact_text(f"lab: job failed: {outputs.summarize(exc)}"), file=sys.stderr)
         sys.exit(1)
@@ -91,6 +88,13 @@ def main() -> None:
         from lab import publishing
 
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
+
+
+def _refused() -> None:
+    """Bad input, exit 2: a sweep's launch that had started records no end (lab.tracking)."""
+    tracking = sys.modules.get("lab.tracking")
+    if tracking is not None:
+        tracking.refused()
 
 
 def _raised_by_hydra(exc: BaseException) -> FrameType | None:

@@ -107,8 +107,14 @@ def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
             return f"error: {key}: required; it cannot be deleted (~{key})"
         if allowed or not key or getattr(exc, "object_type", None) not in (None, dict):
             return f"error: {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
-        # a mapping without a schema (hydra.job.env_set, hydra.sweeper.params): Hydra adds keys with +
-        return f"error: {key}: unknown key; a new key of this mapping is added with '+': +{key}=…"
+        # a mapping without a schema (hydra.job.env_set, hydra.sweeper.params): Hydra adds keys
+        # with +; a dotted key (model.C) is one key of the mapping only inside braces
+        mapping = key.rpartition(".")[0]
+        typed = re.search(r"Could not override '([^']*)'", context)
+        new_key = typed[1] if typed and typed[1].startswith(key) else key
+        rest = new_key[len(mapping) + 1 :]
+        form = f"+{mapping}={{{rest}: …}}" if "." in rest else f"+{new_key}=…"
+        return f"error: {new_key}: unknown key; a new key of this mapping is added with '+': {form}"
     where = f"{key}: " if key else (_first_lines(context) + ": " if context else "")
     return f"error: {where}{first}"
 
