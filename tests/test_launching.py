@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
@@ -355,6 +356,8 @@ def test_joblib_workers_are_sent_the_launch_once(cli: Cli, launcher: str) -> Non
     sweep = cli.cwd / "outputs" / "sweep"
     started: dict[int, list[int]] = {}
     for job in range(6):
+        saved = yaml.safe_load((sweep / str(job) / ".hydra" / "hydra.yaml").read_text())
+        assert saved["hydra"]["job"]["id"] == f"train_{job}"  # the plugin's job ids
         pid, count = (sweep / str(job) / "started.txt").read_text().split()
         started.setdefault(int(pid), []).append(int(count))
     assert 1 <= len(started) <= 2  # loky worker processes

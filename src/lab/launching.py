@@ -315,17 +315,31 @@ class LabLauncher(BasicLauncher):
         assert self.hydra_context is not None
         assert self.config is not None
         assert self.task_function is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        return run_job(
-            hydra_context=self.hydra_context,
-            task_function=self.task_function,
-            config=sweep_config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        return _run_sweep_job(self.hydra_context, self.config, self.task_function, idx, overrides)
+
+
+def _run_sweep_job(
+    hydra_context: HydraContext,
+    config: DictConfig,
+    task_function: TaskFunction,
+    idx: int,
+    overrides: list[str],
+    named: bool = False,
+) -> JobReturn:
+    """Compose sweep job ``idx`` from the launch's ``config`` and run it with :func:`run_job`.
+    Its ``hydra.job.id`` is ``idx``, as Hydra's basic launcher sets it, or with ``named``
+    ``<hydra.job.name>_<idx>``, as hydra-joblib-launcher does."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}" if named else idx
+        sweep_config.hydra.job.num = idx
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
 
 # --- n_jobs > 1: worker processes forked from the launching process ---------------------
@@ -389,7 +403,7 @@ def _sendable(ret: JobReturn) -> JobReturn:
     if ret.status == JobStatus.FAILED:
         try:
             pickle.dumps(ret._return_value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the pool must not break
             ret.return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({exc})")
     return ret
 
@@ -431,8 +445,8 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
 #
 # conf/hydra/launcher/joblib.yaml points `hydra/launcher=joblib` at `LabJoblibLauncher`
 # (src/hydra_plugins/lab_launcher): the same joblib.Parallel on loky with the same
-# settings and the same job ids
-# (``train_<n>``), but the launch is pickled once per launch() and unpickled once per worker.
+# settings and the same job ids (``train_<n>``), but the launch is pickled once per
+# launch() and unpickled and applied once per worker (the bytes still go with each job).
 # The worker then runs its jobs as a forked worker does: Hydra's state set once and carried
 # from job to job (as in a single process), the composition cache filled by the first job,
 # and :func:`run_job`.
@@ -497,15 +511,4 @@ def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str
         Singleton.set_state(state)
         _joblib_launch = (launch_id, (hydra_context, config, task_function))
     hydra_context, config, task_function = _joblib_launch[1]
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-        sweep_config.hydra.job.num = idx
-    ret = run_job(
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=sweep_config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
-    return _sendable(ret)
+    return _sendable(_run_sweep_job(hydra_context, config, task_function, idx, overrides, named=True))

@@ -558,7 +558,6 @@ class _Session:
                 fresh.error = f"the launching process {fresh.tags.get('lab.pid')} ended before its sweep did"
                 fresh.tags["lab.error"] = fresh.error
                 fresh.save()
-            self.sweeps[uid] = fresh
             self.attempt(fresh, functools.partial(Publisher.finish_parent, sweep=fresh))
 
 
