@@ -377,13 +377,42 @@ def test_forked_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: C
                 os.kill(pid, signal.SIGKILL)
     runs = store_runs(cli.uri)
     jobs = kinds(runs, "job")
-    assert jobs and {r.info.status for r in jobs} <= TERMINAL
-    assert any(r.info.status == "KILLED" for r in jobs)
+    # jobs in flight were stopped with the launcher: KILLED, saying why, however soon
+    # Linux reaped their processes; none FAILED, none left RUNNING
+    assert jobs and {r.info.status for r in jobs} <= {"FINISHED", "KILLED"}
+    killed = [r for r in jobs if r.info.status == "KILLED"]
+    assert killed
+    assert {r.data.tags["lab.error"] for r in killed} == {f"the launching process {proc.pid} ended before this job did"}
     # the parent run, too, is ended by the publisher, not left RUNNING for `lab.runs reap`
     [parent] = kinds(runs, "sweep")
     assert parent.info.status == "FAILED"
     assert parent.data.tags["lab.error"] == f"the launching process {proc.pid} ended before its sweep did"
     assert json.loads((sweep / "tracking.json").read_text())["status"] == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_single_run_killed_with_its_process_ends_killed(cli: Cli) -> None:
+    """SIGKILL to a single run's process (the OOM killer): the publisher, in a session of its
+    own, ends the open run KILLED and names the process that ended, on disk and in MLflow."""
+    proc = start(cli, *SLOW_JOBS[1:], "model.n_estimators=1000", "hydra.run.dir=outputs/run")
+    run_dir = cli.cwd / "outputs" / "run"
+    deadline = time.monotonic() + 60
+    while not (run_dir / "tracking.json").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never started"
+        time.sleep(0.02)
+    [publisher] = publishers_in(cli.cwd)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _alive(publisher):
+        assert time.monotonic() < deadline, "the publisher did not end"
+        time.sleep(0.1)
+    assert not (run_dir / "metrics.json").exists()  # killed in its fit, not after it
+    why = f"the launching process {proc.pid} ended before this job did"
+    [run] = store_runs(cli.uri)
+    assert (run.info.status, run.data.tags["lab.error"]) == ("KILLED", why)
+    record = json.loads((run_dir / "tracking.json").read_text())
+    assert (record["status"], record["error"]) == ("KILLED", why)
 
 
 @pytest.mark.fresh_store

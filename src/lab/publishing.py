@@ -25,7 +25,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -529,13 +528,16 @@ class _Session:
             self.attempt(sweep_record, lambda p: p.finish_parent(sweep_record))
 
     def abandon_open_jobs(self) -> None:
-        """The launcher went away without finishing these jobs: end them by what became of
-        their process, so no run stays RUNNING."""
+        """The launcher went away without finishing these jobs (SIGKILL, the OOM killer): they
+        were stopped from outside, with it or by its end, so they end KILLED, saying why, and
+        no run stays RUNNING. (Not judged by whether the job's process still answers: a dead
+        worker answers until init reaps it, so that would be a race.)"""
         for record in list(self.open_jobs.values()):
             fresh = JobRecord.load(record.job_dir)
             if not fresh.finished:
-                fresh.status = "KILLED" if _alive(fresh) else "FAILED"
-                fresh.error = fresh.error or f"the job's process {fresh.tags.get('lab.pid')} ended without a result"
+                launcher = (self.sweep_of(fresh) or fresh).tags.get("lab.pid")
+                fresh.status = "KILLED"
+                fresh.error = fresh.error or f"the launching process {launcher} ended before this job did"
                 fresh.end_time = _now_ms()
                 fresh.tags["lab.error"] = fresh.error
                 fresh.save()
@@ -567,17 +569,6 @@ def error_line(exc: BaseException) -> str:
     if "Caused by" in text:  # urllib3 buries "Connection refused" at the end
         text = text[text.rindex("Caused by") :]
     return f"{type(exc).__name__}: {text}"
-
-
-def _alive(record: JobRecord) -> bool:
-    pid = int(record.tags.get("lab.pid", "0"))
-    if record.tags.get("lab.host") != socket.gethostname() or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def note_pending(record: JobRecord, reason: str) -> None:
