@@ -491,7 +491,7 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     _joblib_launch = (launch_id, (launcher.hydra_context, launcher.config, launcher.task_function))
     try:
         runs = Parallel(**joblib_cfg)(
-            delayed(_run_joblib_job)(launch_id, launch, idx, overrides) for idx, overrides in jobs
+            delayed(_run_joblib_job)(launch_id, launch, os.getpid(), idx, overrides) for idx, overrides in jobs
         )
     finally:
         _joblib_launch = None
@@ -499,12 +499,16 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     return runs
 
 
-def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str]) -> JobReturn:
+def _run_joblib_job(launch_id: str, launch: bytes, launcher_pid: int, idx: int, overrides: list[str]) -> JobReturn:
     """Hydra's joblib ``execute_job``, setting Hydra's state only at a launch's first job here."""
     global _joblib_launch
     if _joblib_launch is None or _joblib_launch[0] != launch_id:
         from hydra.core.singleton import Singleton
 
+        # Dies with the launcher, as a forked worker does: loky's idle workers would linger
+        # for joblib's idle timeout (300 s), finishing a job no launcher waits for.
+        if os.getpid() != launcher_pid:
+            _die_with(launcher_pid)
         hydra_context, config, task_function, state = pickle.loads(launch)
         setup_globals()
         quiet_replaced_launcher_options()  # a loky worker never ran lab.train's main
