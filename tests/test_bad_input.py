@@ -3,10 +3,12 @@ is allowed, no traceback, no outputs dir, no MLflow run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from lab import records
 from tests.conftest import Cli, store_runs
 
 BROKEN_YAML = "defaults:\n  - /schema/model/logreg@_here_\nC: [1, 2\n"
@@ -165,6 +167,26 @@ def test_a_sweep_refused_in_a_used_sweep_dir_changes_nothing(cli: Cli, args: lis
     assert "sweep failed" not in res.stdout + res.stderr
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*") if p.is_file()} == before
     assert len(store_runs(cli.uri)) == runs
+
+
+def test_a_sweep_refused_in_a_dir_with_unpublished_events_leaves_them(cli: Cli) -> None:
+    """A sweep killed with its publisher leaves events in the dir's queue, for `lab.runs sync`
+    or the next launch there to publish. A launch refused as bad input publishes none of them."""
+    assert cli.sweep("seed=1,2", "tracking.log_model=false").code == 0
+    sweep = cli.cwd / "outputs" / "sweep"
+    # as a launch killed together with its publisher leaves it: the sweep and a job RUNNING,
+    # the job's event not yet drained
+    for path in (sweep / "tracking.json", sweep / "0" / "tracking.json"):
+        record = json.loads(path.read_text())
+        record.update(status="RUNNING", end_time=None)
+        path.write_text(json.dumps(record))
+    records.enqueue(sweep / ".lab-queue", "job", {"job_dir": str(sweep / "0")})
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*") if p.is_file()}
+    runs = {r.info.run_id: r.info.status for r in store_runs(cli.uri)}
+    res = cli.sweep(*REFUSED_IN_A_USED_DIR["lab's sweeper"])
+    assert res.code == 2, res.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep.rglob("*") if p.is_file()} == before
+    assert {r.info.run_id: r.info.status for r in store_runs(cli.uri)} == runs
 
 
 def test_invalid_yaml_in_conf_is_a_short_error(cli: Cli, tmp_path: Path) -> None:

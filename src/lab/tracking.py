@@ -253,16 +253,22 @@ class TrackingCallback(Callback):
             return
         configure_client_env(tracking.timeout_s)
         self.launch.client_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-        if tracking.background:
-            from lab import publishing
+        # lab's sweeper validates every job first (on_sweep_validated): a refused sweep must
+        # not have the publisher drain events an earlier, killed launch left in its dir
+        if tracking.background and not (sweep_dir is not None and _labs_sweeper(config)):
+            self._assign_publisher(config)
 
-            self._publisher_proc = publishing.assign(
-                publishing.take(),
-                self._queue_dir(config),
-                uri,
-                open_store=sweep_dir is None,  # a sweep's jobs are validated later: no store before that
-                env=self.launch.client_env,
-            )
+    def _assign_publisher(self, config: DictConfig) -> None:
+        from lab import publishing
+
+        assert self.launch is not None
+        self._publisher_proc = publishing.assign(
+            publishing.take(),
+            self._queue_dir(config),
+            self.launch.uri,
+            open_store=self.launch.sweep_dir is None,  # a sweep's jobs are validated later: no store before that
+            env=self.launch.client_env or {},
+        )
 
     def _queue_dir(self, config: DictConfig) -> Path:
         root = self.launch.sweep_dir if self.launch and self.launch.sweep_dir else config.hydra.run.dir
@@ -288,6 +294,8 @@ class TrackingCallback(Callback):
         """Called by lab's sweeper once every job's config is valid, before any job runs."""
         assert self.launch is not None
         self.launch.n_jobs = n_jobs
+        if self._enabled(config) and config.tracking.background and self._publisher_proc is None:
+            self._assign_publisher(config)
         if self._enabled(config) and not config.tracking.background:
             launch = self.launch
 
@@ -920,6 +928,11 @@ def _artifacts(job_dir: Path, output_subdir: str | None) -> list[str]:
     if output_subdir is not None:
         names = [f"{output_subdir}/{name}" for name in HYDRA_FILES] + names
     return [n for n in names if (job_dir / n).exists()]
+
+
+def _labs_sweeper(config: DictConfig) -> bool:
+    """Whether ``hydra.sweeper`` is lab's, which calls on_sweep_validated before any job."""
+    return "hydra_plugins.lab_sweeper." in str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
 
 
 def _optuna_sweeper(config: DictConfig) -> DictConfig | None:
