@@ -9,7 +9,9 @@ so a sweep rejected by validation leaves nothing in the store.
 ``python -m lab.publishing`` is the background publisher of a launch. ``python -m
 lab.train`` starts it first thing (:func:`start_early`), so that importing MLflow (~1.5 s)
 overlaps the launcher's own imports and composition; the tracking callback then claims it
-(:func:`take`) and tells it on stdin where the queue is (:func:`assign`). It opens the
+(:func:`take`) and tells it on stdin where the queue is (:func:`assign`): at once for a
+single run, and for a sweep on lab's sweeper once every job is validated, so that a
+refused sweep publishes nothing left in a re-used sweep dir by an earlier launch. It opens the
 store while the first job runs, then drains the queue that the jobs fill (see
 :mod:`lab.records`) until its stdin closes. A publisher nobody claims (tracking off, bad
 input) is terminated before it has touched anything (:func:`release`); none is started

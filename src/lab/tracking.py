@@ -162,6 +162,7 @@ class TrackingCallback(Callback):
     def __init__(self) -> None:
         self.launch: _Launch | None = None
         self._publisher_proc: subprocess.Popen[bytes] | None = None
+        self._publisher_assigned = False  # it was told what to publish (_assign_publisher)
         self._config: DictConfig | None = None
         self._done = False
         self._signal: int | None = None
@@ -178,6 +179,7 @@ class TrackingCallback(Callback):
         return {
             "launch": self.launch,
             "_publisher_proc": None,
+            "_publisher_assigned": False,
             "_config": None,
             "_done": True,
             "_signal": None,
@@ -253,22 +255,30 @@ class TrackingCallback(Callback):
             return
         configure_client_env(tracking.timeout_s)
         self.launch.client_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-        # lab's sweeper validates every job first (on_sweep_validated): a refused sweep must
-        # not have the publisher drain events an earlier, killed launch left in its dir
-        if tracking.background and not (sweep_dir is not None and _labs_sweeper(config)):
-            self._assign_publisher(config)
+        if tracking.background:
+            from lab import publishing
+
+            self._publisher_proc = publishing.take()  # ours from here: _on_signal spares it
+            # lab's sweeper validates every job first (on_sweep_validated): a refused sweep
+            # must not have the publisher drain events an earlier, killed launch left in its dir
+            if not (sweep_dir is not None and _labs_sweeper(config)):
+                self._assign_publisher(config)
 
     def _assign_publisher(self, config: DictConfig) -> None:
+        """Tell the publisher what to publish, once; it reads its queue from then on."""
         from lab import publishing
 
+        if self._publisher_proc is None or self._publisher_assigned:
+            return
         assert self.launch is not None
         self._publisher_proc = publishing.assign(
-            publishing.take(),
+            self._publisher_proc,
             self._queue_dir(config),
             self.launch.uri,
             open_store=self.launch.sweep_dir is None,  # a sweep's jobs are validated later: no store before that
             env=self.launch.client_env or {},
         )
+        self._publisher_assigned = True
 
     def _queue_dir(self, config: DictConfig) -> Path:
         root = self.launch.sweep_dir if self.launch and self.launch.sweep_dir else config.hydra.run.dir
@@ -294,8 +304,7 @@ class TrackingCallback(Callback):
         """Called by lab's sweeper once every job's config is valid, before any job runs."""
         assert self.launch is not None
         self.launch.n_jobs = n_jobs
-        if self._enabled(config) and config.tracking.background and self._publisher_proc is None:
-            self._assign_publisher(config)
+        self._assign_publisher(config)
         if self._enabled(config) and not config.tracking.background:
             launch = self.launch
 
@@ -653,6 +662,7 @@ class TrackingCallback(Callback):
                 record.metrics["best.value"] = trial.metrics[OBJECTIVE]
             record.save()
             if config.tracking.background:
+                self._assign_publisher(config)  # stopped before lab's sweeper had validated the jobs
                 enqueue(self._queue_dir(config), "sweep_end", {"job_dir": str(sweep_dir)})
             else:
                 self._publish_inline(lambda p: p.finish_parent(record), record)
