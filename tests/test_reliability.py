@@ -356,16 +356,20 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["forked", "joblib"])
 def test_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: Cli, launcher: str) -> None:
-    """SIGKILL to the launcher alone (the OOM killer): its workers must not wait for jobs
-    (forked) or idle for joblib's 300 s (loky), holding the publisher's stdin open, so that
-    the publisher, too, would not end the open job runs."""
-    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
+    """SIGKILL to the launcher alone (the OOM killer): its workers must end too, not wait
+    for jobs (forked workers would hold the publisher's stdin open, so that it would never
+    end the open job runs) nor idle for joblib's 300 s (loky), a worker without a job too."""
+    if launcher == "forked":
+        args = [*SLOW_JOBS, *LAUNCHERS["forked"]]
+    else:  # three loky workers for two jobs: one never gets a job
+        args = ["seed=1,2", *SLOW_JOBS[1:], "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    proc = start(cli, "--multirun", *args, "hydra.sweep.dir=outputs/sweep")
     sweep = cli.cwd / "outputs" / "sweep"
     wait_for_job_in_flight(sweep, started_after=0)
     [publisher] = publishers_in(cli.cwd)
     # with joblib, loky's and multiprocessing's resource trackers too
     workers = [pid for pid in _children(proc.pid) if pid != publisher]
-    assert len(workers) == (2 if launcher == "forked" else 4)
+    assert len(workers) == (2 if launcher == "forked" else 5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30

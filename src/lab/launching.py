@@ -461,6 +461,7 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
+    from joblib._parallel_backends import LokyBackend
     from joblib.externals import cloudpickle
 
     setup_globals()
@@ -489,9 +490,13 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     # joblib runs the jobs in this process when it has one worker (n_jobs=1): there they
     # use the launch itself, as Hydra's launcher would pass it, not a copy
     _joblib_launch = (launch_id, (launcher.hydra_context, launcher.config, launcher.task_function))
+    # Each loky worker dies with the launcher from its start, as a forked worker does, job
+    # or no job: killed outright, the launcher would leave them idle for joblib's idle
+    # timeout (300 s), and finishing jobs no launcher waits for. (Ignored with n_jobs=1.)
+    backend = LokyBackend(initializer=_die_with, initargs=(os.getpid(),))
     try:
-        runs = Parallel(**joblib_cfg)(
-            delayed(_run_joblib_job)(launch_id, launch, os.getpid(), idx, overrides) for idx, overrides in jobs
+        runs = Parallel(**{**joblib_cfg, "backend": backend})(
+            delayed(_run_joblib_job)(launch_id, launch, idx, overrides) for idx, overrides in jobs
         )
     finally:
         _joblib_launch = None
@@ -499,16 +504,12 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     return runs
 
 
-def _run_joblib_job(launch_id: str, launch: bytes, launcher_pid: int, idx: int, overrides: list[str]) -> JobReturn:
+def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str]) -> JobReturn:
     """Hydra's joblib ``execute_job``, setting Hydra's state only at a launch's first job here."""
     global _joblib_launch
     if _joblib_launch is None or _joblib_launch[0] != launch_id:
         from hydra.core.singleton import Singleton
 
-        # Dies with the launcher, as a forked worker does: loky's idle workers would linger
-        # for joblib's idle timeout (300 s), finishing a job no launcher waits for.
-        if os.getpid() != launcher_pid:
-            _die_with(launcher_pid)
         hydra_context, config, task_function, state = pickle.loads(launch)
         setup_globals()
         quiet_replaced_launcher_options()  # a loky worker never ran lab.train's main

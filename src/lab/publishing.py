@@ -9,9 +9,10 @@ so a sweep rejected by validation leaves nothing in the store.
 ``python -m lab.publishing`` is the background publisher of a launch. ``python -m
 lab.train`` starts it first thing (:func:`start_early`), so that importing MLflow (~1.5 s)
 overlaps the launcher's own imports and composition; the tracking callback then claims it
-(:func:`take`) and tells it on stdin where the queue is (:func:`assign`): at once for a
-single run, and for a sweep on lab's sweeper once every job is validated, so that a
-refused sweep publishes nothing left in a re-used sweep dir by an earlier launch. It opens the
+(:func:`take`) and tells it on stdin where the queue is (:func:`assign`): at once, except
+for a sweep on lab's sweeper, which it tells once every job is validated (or, if the
+launch is stopped before that, when the launch's end is recorded), so that a refused
+sweep publishes nothing left in a re-used sweep dir by an earlier launch. It opens the
 store while the first job runs, then drains the queue that the jobs fill (see
 :mod:`lab.records`) until its stdin closes. A publisher nobody claims (tracking off, bad
 input) is terminated before it has touched anything (:func:`release`); none is started
@@ -537,13 +538,25 @@ class _Session:
         for record in list(self.open_jobs.values()):
             fresh = JobRecord.load(record.job_dir)
             if not fresh.finished:
-                launcher = (self.sweep_of(fresh) or fresh).tags.get("lab.pid")
                 fresh.status = "KILLED"
-                fresh.error = fresh.error or f"the launching process {launcher} ended before this job did"
+                fresh.error = (
+                    fresh.error or f"the launching process{self._launcher_of(fresh)} ended before this job did"
+                )
                 fresh.end_time = _now_ms()
                 fresh.tags["lab.error"] = fresh.error
                 fresh.save()
             self.publish_job(fresh)
+
+    def _launcher_of(self, record: JobRecord) -> str:
+        """`` <pid>`` of the process that launched ``record``'s job, or "" if unknown (its
+        sweep's record unreadable, or now another launch's in a re-used sweep dir)."""
+        if record.parent_uid is None:
+            return f" {record.tags.get('lab.pid')}"  # a single run runs in its launching process
+        try:
+            sweep = self.sweep_of(record)
+        except (OSError, ValueError, TypeError, KeyError):
+            return ""
+        return f" {sweep.tags.get('lab.pid')}" if sweep is not None and sweep.uid == record.parent_uid else ""
 
     def abandon_open_sweeps(self) -> None:
         """The launcher went away without ending its sweep (SIGKILL, the OOM killer): end the
@@ -585,8 +598,9 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
     """Drain ``queue_dir`` until stdin closes and the queue is empty.
 
     :func:`main` has already imported MLflow. The store is opened at once for a single run
-    (already validated), but only at the first event for a sweep, whose jobs are
-    validated later: a rejected sweep creates no store.
+    (already validated), but only at the first event for a sweep: a sweep rejected by
+    validation (lab's sweeper tells this process its task only after it; other sweepers
+    validate later) creates no store.
     """
     session = _Session(uri)
     if open_store:

@@ -275,7 +275,8 @@ class TrackingCallback(Callback):
             self._publisher_proc,
             self._queue_dir(config),
             self.launch.uri,
-            open_store=self.launch.sweep_dir is None,  # a sweep's jobs are validated later: no store before that
+            # a sweep's store is opened at its first event: none for a sweep refused by validation
+            open_store=self.launch.sweep_dir is None,
             env=self.launch.client_env or {},
         )
         self._publisher_assigned = True
