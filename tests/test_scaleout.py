@@ -92,6 +92,12 @@ class RayHead:
     temp_dir: Path  # its session dir, with the workers' stdout in logs/worker-*.out
 
 
+# `ray start` turns token authentication on when ~/.ray/auth_token exists, as any earlier
+# local `ray.init()` of this user leaves it, and the driver then fails with InvalidAuthToken.
+# The test cluster listens on loopback only: off on both sides, whatever ~/.ray holds.
+RAY_AUTH_MODE = "disabled"
+
+
 @contextmanager
 def ray_head(cwd: Path, log: Path) -> Iterator[RayHead]:
     """`ray start --head --block` on loopback ports, with 2 CPUs; stopped by signalling
@@ -105,6 +111,7 @@ def ray_head(cwd: Path, log: Path) -> Iterator[RayHead]:
         # external address): single-node clusters only, which this is
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE=RAY_AUTH_MODE,
         AUTOSCALER_METRIC_PORT=str(free_port()),
         DASHBOARD_METRIC_PORT=str(free_port()),
     )
@@ -177,6 +184,7 @@ def run_on_ray(cli: Cli, cluster: Cluster, experiment: str, *overrides: str, via
         "MLFLOW_EXPERIMENT_NAME": experiment,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the driver's node address: 127.0.0.1 too
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": RAY_AUTH_MODE,
     }
     address = [] if via_env else [f"hydra.launcher.ray.init.address={cluster.ray.address}"]
     if via_env:
