@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow.entities import Run
@@ -136,3 +137,38 @@ def publishers_in(cwd: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# A callback for checking that a launcher's workers keep the launch from job to job: as
+# counting.py in a dir on the launching (and worker) processes' sys.path,
+# `+hydra.callbacks.count._target_=counting.CountJobs`.
+COUNTING_CALLBACK = """
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+class CountJobs(Callback):
+    \"\"\"Writes into each job's dir its process and how many jobs this object has started.\"\"\"
+
+    def __init__(self):
+        self.started = 0
+
+    def on_job_start(self, config, **kwargs):
+        self.started += 1
+        Path(config.hydra.runtime.output_dir, "started.txt").write_text(f"{os.getpid()} {self.started}")
+"""
+
+
+def jobs_started(sweep_dir: Path, n_jobs: int, job_id: str) -> dict[int, list[int]]:
+    """For each process that ran a job of ``sweep_dir`` (under ``CountJobs``), the counts its
+    callback object had reached at each of its jobs; each job's ``hydra.job.id`` is checked
+    against ``job_id`` formatted with the job's number."""
+    started: dict[int, list[int]] = {}
+    for job in range(n_jobs):
+        saved = yaml.safe_load((sweep_dir / str(job) / ".hydra" / "hydra.yaml").read_text())
+        assert saved["hydra"]["job"]["id"] == job_id.format(job)
+        pid, count = (sweep_dir / str(job) / "started.txt").read_text().split()
+        started.setdefault(int(pid), []).append(int(count))
+    return started

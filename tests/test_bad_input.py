@@ -144,6 +144,28 @@ def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str
     assert not (cli.cwd / "mlruns").exists()
 
 
+WITHOUT_RAY = """
+import importlib.util
+import runpy
+
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "hydra_plugins.hydra_ray_launcher" else find_spec(name, *a)
+runpy.run_module("lab.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.fresh_store
+def test_the_ray_launcher_without_the_ray_extra_names_the_fix(cli: Cli) -> None:
+    """`hydra/launcher=ray` where hydra-ray-launcher is not installed (as lab's plugin module
+    sees it): one line naming the extra, before anything is created."""
+    (cli.cwd / "without_ray.py").write_text(WITHOUT_RAY)
+    res = cli.run("--multirun", "seed=1,2", "hydra/launcher=ray", "hydra.sweep.dir=outputs/sweep", module="without_ray")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert res.stderr.strip() == ("error: hydra/launcher=ray: needs the `ray` extra (uv sync --locked --extra ray)")
+    assert not (cli.cwd / "outputs").exists()
+    assert not (cli.cwd / "mlflow.db").exists()
+
+
 REFUSED_IN_A_USED_DIR = {
     "lab's sweeper": ["seed=1,2", "model.C=1,-1"],
     "a fixed value": ["seed=1,2", "split.test_size=2"],

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
@@ -29,7 +28,7 @@ from lab.config import register_configs
 from lab.launching import LabLauncher, copy_without_hydra, set_hydra_config
 from lab.launching import run_job as lab_run_job
 from lab.train import CONFIG_DIR
-from tests.conftest import Cli
+from tests.conftest import COUNTING_CALLBACK, Cli, jobs_started
 
 register_configs()
 
@@ -321,23 +320,6 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr
 
 
-COUNTING_CALLBACK = """
-import os
-from pathlib import Path
-
-from hydra.experimental.callback import Callback
-
-
-class CountJobs(Callback):
-    \"\"\"Writes into each job's dir its process and how many jobs this object has started.\"\"\"
-
-    def __init__(self):
-        self.started = 0
-
-    def on_job_start(self, config, **kwargs):
-        self.started += 1
-        Path(config.hydra.runtime.output_dir, "started.txt").write_text(f"{os.getpid()} {self.started}")
-"""
 HYDRAS_JOBLIB = "hydra.launcher._target_=hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
@@ -353,13 +335,7 @@ def test_joblib_workers_are_sent_the_launch_once(cli: Cli, launcher: str) -> Non
     jobs = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+hydra.callbacks.count._target_=counting.CountJobs"]
     res = cli.sweep("seed=range(1,7)", "tracking=none", *jobs, *extra)
     assert res.code == 0, res.stderr
-    sweep = cli.cwd / "outputs" / "sweep"
-    started: dict[int, list[int]] = {}
-    for job in range(6):
-        saved = yaml.safe_load((sweep / str(job) / ".hydra" / "hydra.yaml").read_text())
-        assert saved["hydra"]["job"]["id"] == f"train_{job}"  # the plugin's job ids
-        pid, count = (sweep / str(job) / "started.txt").read_text().split()
-        started.setdefault(int(pid), []).append(int(count))
+    started = jobs_started(cli.cwd / "outputs" / "sweep", 6, "train_{}")  # the plugin's job ids
     assert 1 <= len(started) <= 2  # loky worker processes
     if launcher == "hydra":
         assert [c for counts in started.values() for c in counts] == [1] * 6

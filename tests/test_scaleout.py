@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy
 from mlflow.entities import Run
 
-from tests.conftest import Cli, Result, store_runs
+from tests.conftest import COUNTING_CALLBACK, Cli, Result, jobs_started, store_runs
 from tests.servers import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -90,6 +90,7 @@ class RayHead:
     address: str  # host:port of its GCS, for RAY_ADDRESS
     cwd: Path  # where its workers run: not the launching dir
     temp_dir: Path  # its session dir, with the workers' stdout in logs/worker-*.out
+    pythonpath: Path  # on its workers' sys.path (PYTHONPATH): counting.py (tests.conftest)
 
 
 # `ray start` turns token authentication on when ~/.ray/auth_token exists, as any earlier
@@ -99,9 +100,10 @@ RAY_AUTH_MODE = "disabled"
 
 
 @contextmanager
-def ray_head(cwd: Path, log: Path) -> Iterator[RayHead]:
-    """`ray start --head --block` on loopback ports, with 2 CPUs; stopped by signalling
-    its process group (never `ray stop`, which stops every Ray of this user)."""
+def ray_head(cwd: Path, log: Path, pythonpath: Path) -> Iterator[RayHead]:
+    """`ray start --head --block` on loopback ports, with 2 CPUs and ``pythonpath`` as the
+    PYTHONPATH of its workers; stopped by signalling its process group (never `ray stop`,
+    which stops every Ray of this user)."""
     ray_cli = Path(sys.executable).with_name("ray")
     temp_dir = Path(tempfile.mkdtemp(prefix="lab-ray-"))  # short: Ray's socket paths must fit 107 bytes
     port = free_port()
@@ -112,6 +114,7 @@ def ray_head(cwd: Path, log: Path) -> Iterator[RayHead]:
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE=RAY_AUTH_MODE,
+        PYTHONPATH=str(pythonpath),
         AUTOSCALER_METRIC_PORT=str(free_port()),
         DASHBOARD_METRIC_PORT=str(free_port()),
     )
@@ -138,7 +141,7 @@ def ray_head(cwd: Path, log: Path) -> Iterator[RayHead]:
             assert time.monotonic() < deadline, f"ray start did not come up within 180 s:\n{_tail(log)}"
             time.sleep(0.5)
         _log(f"Ray head up in {time.monotonic() - started:.1f} s on 127.0.0.1:{port}")
-        yield RayHead(f"127.0.0.1:{port}", cwd, temp_dir)
+        yield RayHead(f"127.0.0.1:{port}", cwd, temp_dir, pythonpath)
     finally:
         stopping = time.monotonic()
         with suppress(ProcessLookupError):
@@ -168,27 +171,33 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason=NEEDS_RAY)
     base = tmp_path_factory.mktemp("cluster")
     (base / "ray-cwd").mkdir()
+    (base / "pythonpath").mkdir()
+    (base / "pythonpath" / "counting.py").write_text(COUNTING_CALLBACK)
     with postgres() as backend_uri:
         started = time.monotonic()
         with mlflow_server(backend_uri, base / "artifacts", base / "mlflow.log") as url:
             _log(f"MLflow server on PostgreSQL up in {time.monotonic() - started:.1f} s: {url}")
-            with ray_head(base / "ray-cwd", base / "ray.log") as head:
+            with ray_head(base / "ray-cwd", base / "ray.log", base / "pythonpath") as head:
                 yield Cluster(head, url, backend_uri, base / "artifacts")
+
+
+def driver_env(cluster: Cluster) -> dict[str, str]:
+    """The launching process's environment for the test cluster."""
+    return {
+        "RAY_ADDRESS": cluster.ray.address,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the driver's node address: 127.0.0.1 too
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": RAY_AUTH_MODE,
+    }
 
 
 def run_on_ray(cli: Cli, cluster: Cluster, experiment: str, *overrides: str, via_env: bool = True) -> Result:
     """A sweep on the Ray cluster with tracking=server: the cluster's address from RAY_ADDRESS,
     or (via_env=False) from hydra.launcher.ray.init.address."""
-    env = {
-        "MLFLOW_TRACKING_URI": cluster.tracking_uri,
-        "MLFLOW_EXPERIMENT_NAME": experiment,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the driver's node address: 127.0.0.1 too
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": RAY_AUTH_MODE,
-    }
+    env = {"MLFLOW_TRACKING_URI": cluster.tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment, **driver_env(cluster)}
     address = [] if via_env else [f"hydra.launcher.ray.init.address={cluster.ray.address}"]
-    if via_env:
-        env["RAY_ADDRESS"] = cluster.ray.address
+    if not via_env:
+        del env["RAY_ADDRESS"]
     started = time.monotonic()
     res = cli.sweep(*overrides, "tracking=server", "hydra/launcher=ray", *address, **env)
     _log(f"sweep {' '.join(overrides)} on Ray: {time.monotonic() - started:.1f} s, exit {res.code}")
@@ -242,7 +251,7 @@ def test_ray_sweep_is_tracked_on_a_shared_server_backed_by_postgresql(cli: Cli, 
     assert res.code == 0, res.stderr
     assert "Connected to Ray cluster" in res.stderr
     # The jobs ran in Ray's workers: their progress lines are in the workers' own stdout
-    # files (Ray also streams them to the launcher's console, as "(_run_job pid=...) ...").
+    # files (Ray also streams them to the launcher's console, as "(_run_ray_job pid=...) ...").
     logs = cluster.ray.temp_dir / "session_latest" / "logs"
     worker_out = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.out"))
     assert sorted(re.findall(r"^\[(\d)/4\] seed=", worker_out, re.MULTILINE)) == ["1", "2", "3", "4"]
@@ -303,6 +312,29 @@ def test_ray_sweep_is_tracked_on_a_shared_server_backed_by_postgresql(cli: Cli, 
     finally:
         engine.dispose()
     assert {(r[0], r[1]) for r in rows} == {(r.info.run_id, r.info.status) for r in all_runs}
+
+
+HYDRAS_RAY = "hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("launcher", ["lab", "hydra"])
+def test_ray_workers_fetch_the_launch_once(cli: Cli, cluster: Cluster, launcher: str) -> None:
+    """``hydra/launcher=ray`` is lab's subclass: a Ray worker fetches and applies the launch
+    (callbacks, config, Hydra's state) at its first job and runs the next ones on it, as a
+    joblib worker does. Hydra's own class, one override away, sends it with every job."""
+    env = {**driver_env(cluster), "PYTHONPATH": str(cluster.ray.pythonpath)}  # counting.py, for the launcher too
+    count = "+hydra.callbacks.count._target_=counting.CountJobs"
+    extra = [HYDRAS_RAY] if launcher == "hydra" else []
+    res = cli.sweep("seed=range(1,7)", "tracking=none", "hydra/launcher=ray", count, *extra, **env)
+    assert res.code == 0, res.stderr
+    assert "6 jobs (6 finished)" in res.stdout
+    started = jobs_started(cli.cwd / "outputs" / "sweep", 6, "job_id_for_{}")  # the plugin's job ids
+    if launcher == "hydra":
+        assert [c for counts in started.values() for c in counts] == [1] * 6
+    else:
+        assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in started.values()), started
+        assert max(len(counts) for counts in started.values()) > 1
 
 
 @pytest.mark.timeout(600)

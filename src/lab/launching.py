@@ -37,7 +37,7 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ __all__ = [
     "freeze_imports",
     "launch_forked",
     "launch_joblib",
+    "launch_ray",
     "quiet_replaced_launcher_options",
     "run_job",
 ]
@@ -266,6 +267,27 @@ def run_job(
             os.chdir(old_cwd)
 
 
+def _start_launch(launcher: Any) -> Path:
+    """What Hydra's launchers do first: globals, the launcher's logging, the sweep dir."""
+    setup_globals()
+    assert launcher.config is not None
+    assert launcher.task_function is not None
+    assert launcher.hydra_context is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    return sweep_dir
+
+
+def _numbered(job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[tuple[int, list[str]]]:
+    return [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+
+
+def _log_jobs(jobs: list[tuple[int, list[str]]]) -> None:
+    for idx, overrides in jobs:
+        log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
+
+
 class LabLauncher(BasicLauncher):
     """``hydra/launcher=lab``, the default: Hydra's basic launcher running :func:`run_job`.
 
@@ -287,26 +309,19 @@ class LabLauncher(BasicLauncher):
         self.n_jobs = n_jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.hydra_context is not None
+        _start_launch(self)
         assert self.config is not None
-        assert self.task_function is not None
-
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = self.config.hydra.sweep.dir
-        Path(str(sweep_dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        jobs = _numbered(job_overrides, initial_job_idx)
         workers = min(self.n_jobs, len(jobs))
         if workers > 1:
             log.info(f"Launching {len(jobs)} jobs locally on {workers} forked worker processes")
-            for idx, overrides in jobs:
-                log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
+            _log_jobs(jobs)
             return launch_forked(self, jobs, workers)
         log.info(f"Launching {len(jobs)} jobs locally")
         runs: list[JobReturn] = []
-        for idx, overrides in jobs:
-            log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
-            runs.append(self.run(idx, overrides))
+        for job in jobs:
+            _log_jobs([job])
+            runs.append(self.run(*job))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the launcher's, again
         return runs
 
@@ -324,14 +339,14 @@ def _run_sweep_job(
     task_function: TaskFunction,
     idx: int,
     overrides: list[str],
-    named: bool = False,
+    job_id: str | None = None,
 ) -> JobReturn:
     """Compose sweep job ``idx`` from the launch's ``config`` and run it with :func:`run_job`.
-    Its ``hydra.job.id`` is ``idx``, as Hydra's basic launcher sets it, or with ``named``
-    ``<hydra.job.name>_<idx>``, as hydra-joblib-launcher does."""
+    Its ``hydra.job.id`` is ``idx``, as Hydra's basic launcher sets it, unless ``job_id``
+    formats it as another launcher names it (``{name}`` is ``hydra.job.name``, ``{idx}`` the index)."""
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
     with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}" if named else idx
+        sweep_config.hydra.job.id = idx if job_id is None else job_id.format(name=sweep_config.hydra.job.name, idx=idx)
         sweep_config.hydra.job.num = idx
     return run_job(
         hydra_context=hydra_context,
@@ -433,7 +448,7 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
         _forked_from = None
 
 
-# --- hydra/launcher=joblib: joblib's loky workers, sent the launch once each ----------------
+# --- hydra/launcher=joblib and =ray: fresh interpreters, sent the launch once each ---------
 #
 # Hydra's joblib launcher (hydra-joblib-launcher 1.2) sends every job, besides its overrides,
 # the launch's HydraContext, config, task function and Hydra's Singleton state (the
@@ -441,55 +456,75 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
 # process. The loky worker unpickles them, re-applies the state, which rediscovers every
 # Hydra plugin, and runs Hydra's run_job. py-spy, 200 iris jobs on 2 workers: ~465 ms of
 # worker time a job, of which the plugin scan 158 ms and the fit 49 ms, plus ~58 ms a job
-# of pickling in the launching process, on the same two cores.
+# of pickling in the launching process, on the same two cores. Hydra's Ray launcher
+# (hydra-ray-launcher 1.2) does the same with each Ray task, and composes the job's config
+# in the launching process to send it along.
 #
-# conf/hydra/launcher/joblib.yaml points `hydra/launcher=joblib` at `LabJoblibLauncher`
-# (src/hydra_plugins/lab_launcher): the same joblib.Parallel on loky with the same
-# settings and the same job ids (``train_<n>``), but the launch is pickled once per
-# launch() and unpickled and applied once per worker (the bytes still go with each job).
-# The worker then runs its jobs as a forked worker does: Hydra's state set once and carried
-# from job to job (as in a single process), the composition cache filled by the first job,
-# and :func:`run_job`.
+# conf/hydra/launcher/{joblib,ray}.yaml point both at lab's subclasses
+# (src/hydra_plugins/lab_launcher), which keep the plugins' settings, log lines and job ids
+# (``train_<n>``, ``job_id_for_<n>``) but pickle the launch once per launch() and have a
+# worker unpickle and apply it once (:func:`_run_shipped_job`). joblib sends the bytes with
+# each job; Ray puts them in its object store once, and a task fetches them only when its
+# worker does not hold that launch yet. The worker then runs its jobs as a forked worker
+# does: Hydra's state set once and carried from job to job (as in a single process), each
+# job composed there from the launch's config (the composition cache travels with the
+# loader, filled when lab's sweeper validated the jobs), and :func:`run_job`.
 
-_joblib_launch: tuple[str, tuple[HydraContext, DictConfig, TaskFunction]] | None = None  # in a worker
+_Launch = tuple[HydraContext, DictConfig, TaskFunction]
+_shipped: tuple[str, _Launch] | None = None  # the launch a worker holds, by its id
+
+
+def _pack_launch(launcher: Any) -> tuple[str, bytes]:
+    """The launch as one pickle, and its id: the pickle's hash. An Optuna study launches each
+    batch of trials anew, and a worker re-applies a launch only when it is not the one it holds."""
+    import hashlib
+
+    from hydra.core.singleton import Singleton
+    from joblib.externals import cloudpickle
+
+    # cloudpickle, as loky and Ray use for tasks: the task function is @hydra.main's inner function
+    launch = cloudpickle.dumps((launcher.hydra_context, launcher.config, launcher.task_function, Singleton.get_state()))
+    return hashlib.sha256(launch).hexdigest(), launch
+
+
+def _run_shipped_job(
+    launch_id: str, fetch: Callable[[], bytes], idx: int, overrides: list[str], job_id: str
+) -> JobReturn:
+    """Job ``idx`` of launch ``launch_id``, whose pickle ``fetch`` returns, applied (as Hydra's
+    launchers apply it for every job) only if this process does not hold it yet."""
+    global _shipped
+    if _shipped is None or _shipped[0] != launch_id:
+        from hydra.core.singleton import Singleton
+
+        hydra_context, config, task_function, state = pickle.loads(fetch())
+        setup_globals()
+        quiet_replaced_launcher_options()  # a worker never ran lab.train's main
+        Singleton.set_state(state)
+        _shipped = (launch_id, (hydra_context, config, task_function))
+    hydra_context, config, task_function = _shipped[1]
+    return _sendable(_run_sweep_job(hydra_context, config, task_function, idx, overrides, job_id))
 
 
 def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
     """hydra-joblib-launcher's ``_core.launch``, dispatching :func:`_run_joblib_job`."""
-    import hashlib
-
-    from hydra.core.singleton import Singleton
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
     from joblib._parallel_backends import LokyBackend
-    from joblib.externals import cloudpickle
 
-    setup_globals()
-    assert launcher.config is not None
-    assert launcher.task_function is not None
-    assert launcher.hydra_context is not None
-
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir = _start_launch(launcher)
     joblib_cfg = launcher.joblib
     joblib_cfg["backend"] = "loky"
     process_joblib_cfg(joblib_cfg)
     settings = ",".join(f"{k}={v}" for k, v in joblib_cfg.items())
     log.info(f"Joblib.Parallel({settings}) is launching {len(job_overrides)} jobs")
     log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
-    jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
-    for idx, overrides in jobs:
-        log.info(f"\t#{idx} : {redact_text(' '.join(filter_overrides(overrides)))}")
-    # cloudpickle, as loky uses for tasks: the task function is @hydra.main's inner function
-    launch = cloudpickle.dumps((launcher.hydra_context, launcher.config, launcher.task_function, Singleton.get_state()))
-    # named by its content: an Optuna study launches each batch of trials anew, and a worker
-    # re-applies the launch only when it differs from the one it holds
-    launch_id = hashlib.sha256(launch).hexdigest()
-    global _joblib_launch
+    jobs = _numbered(job_overrides, initial_job_idx)
+    _log_jobs(jobs)
+    launch_id, launch = _pack_launch(launcher)
+    global _shipped
     # joblib runs the jobs in this process when it has one worker (n_jobs=1): there they
     # use the launch itself, as Hydra's launcher would pass it, not a copy
-    _joblib_launch = (launch_id, (launcher.hydra_context, launcher.config, launcher.task_function))
+    _shipped = (launch_id, (launcher.hydra_context, launcher.config, launcher.task_function))
     # Each loky worker dies with the launcher from its start, as a forked worker does, job
     # or no job: killed outright, the launcher would leave them idle for joblib's idle
     # timeout (300 s), and finishing jobs no launcher waits for. (Ignored with n_jobs=1.)
@@ -499,21 +534,40 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             delayed(_run_joblib_job)(launch_id, launch, idx, overrides) for idx, overrides in jobs
         )
     finally:
-        _joblib_launch = None
+        _shipped = None
     assert isinstance(runs, list)
     return runs
 
 
 def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str]) -> JobReturn:
-    """Hydra's joblib ``execute_job``, setting Hydra's state only at a launch's first job here."""
-    global _joblib_launch
-    if _joblib_launch is None or _joblib_launch[0] != launch_id:
-        from hydra.core.singleton import Singleton
+    """Hydra's joblib ``execute_job``, applying the launch only at its first job here."""
+    return _run_shipped_job(launch_id, lambda: launch, idx, overrides, "{name}_{idx}")
 
-        hydra_context, config, task_function, state = pickle.loads(launch)
-        setup_globals()
-        quiet_replaced_launcher_options()  # a loky worker never ran lab.train's main
-        Singleton.set_state(state)
-        _joblib_launch = (launch_id, (hydra_context, config, task_function))
-    hydra_context, config, task_function = _joblib_launch[1]
-    return _sendable(_run_sweep_job(hydra_context, config, task_function, idx, overrides, named=True))
+
+def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    """hydra-ray-launcher's ``_core.launch``, dispatching :func:`_run_ray_job`."""
+    import ray
+    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+    sweep_dir = _start_launch(launcher)
+    log.info(f"Ray Launcher is launching {len(job_overrides)} jobs, sweep output dir: {sweep_dir}")
+    # as the plugin (conf/hydra/launcher/ray.yaml sets the key, to null: Ray's own default)
+    launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
+    start_ray(launcher.ray_cfg.init)
+    remote: dict[str, Any] = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True)  # type: ignore[assignment]
+    task = ray.remote(**remote)(_run_ray_job) if remote else ray.remote(_run_ray_job)
+    jobs = _numbered(job_overrides, initial_job_idx)
+    _log_jobs(jobs)
+    launch_id, launch = _pack_launch(launcher)
+    # inside a list, Ray passes the reference as it is rather than the object: a task fetches
+    # the launch from the object store only when its worker does not hold it
+    holder = [ray.put(launch)]
+    runs = [task.remote(launch_id, holder, idx, overrides) for idx, overrides in jobs]
+    return [ray.get(run) for run in runs]
+
+
+def _run_ray_job(launch_id: str, holder: list[Any], idx: int, overrides: list[str]) -> JobReturn:
+    """hydra-ray-launcher's ``_run_job``, applying the launch only at its first job in this worker."""
+    import ray
+
+    return _run_shipped_job(launch_id, lambda: ray.get(holder[0]), idx, overrides, "job_id_for_{idx}")
