@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -74,10 +75,11 @@ class Timed:
     peak_process_mb: float  # the largest single process
 
 
-def run(cmd: list[str], cwd: Path) -> Timed:
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> Timed:
     """Wall time and the peak summed RSS of the process tree (sampled every 5 ms)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**bench_env(), **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = largest = 0
     done = threading.Event()
 
@@ -103,11 +105,11 @@ def fresh_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="lab-bench-"))
 
 
-def lab_sweep(n: int, *extra: str) -> Timed:
-    """A tracked sweep of n default jobs into a fresh sqlite store."""
+def lab_sweep(n: int, *extra: str, env: dict[str, str] | None = None) -> Timed:
+    """A sweep of n default jobs (tracked into a fresh sqlite store, unless ``extra`` says otherwise)."""
     work = fresh_dir()
     try:
-        return run([sys.executable, "-m", "lab.train", "--multirun", f"seed=range(1,{n + 1})", *extra], work)
+        return run([sys.executable, "-m", "lab.train", "--multirun", f"seed=range(1,{n + 1})", *extra], work, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -314,6 +316,36 @@ def parallel_ceiling(jobs: int) -> Row:
     )
 
 
+RAYS_OWN = "hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+def ray_per_job(repeats: int, small: int, large: int) -> Row | None:
+    """Not a target of the issue: what a job costs on `hydra/launcher=ray` (a local Ray with
+    2 CPUs, started by each sweep) with lab's subclass against the plugin's own class,
+    untracked. None without the `ray` extra."""
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        return None
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # no ~/.ray/auth_token left behind
+
+    def sweep(n: int, *extra: str) -> Callable[[], Timed]:
+        args = ["hydra/launcher=ray", "hydra.launcher.ray.init.address=local", "+hydra.launcher.ray.init.num_cpus=2"]
+        return lambda: lab_sweep(n, "tracking=none", *args, *extra, env=env)
+
+    lab_s, lab_l, own_s, own_l = alternate(
+        repeats, sweep(small), sweep(large), sweep(small, RAYS_OWN), sweep(large, RAYS_OWN)
+    )
+    lab_job = (med(lab_l) - med(lab_s)) / (large - small)
+    own_job = (med(own_l) - med(own_s)) / (large - small)
+    return Row(
+        "reference: cost per job on Ray, untracked, lab's launcher class against the plugin's",
+        "reference",
+        f"{lab_job * 1000:.0f} vs {own_job * 1000:.0f} ms/job",
+        True,
+        f"local Ray, 2 CPUs; lab T{small}={med(lab_s):.1f} s, T{large}={med(lab_l):.1f} s; "
+        f"plugin's class T{small}={med(own_s):.1f} s, T{large}={med(own_l):.1f} s (medians of {repeats})",
+    )
+
+
 def model_logging(n: int) -> Row:
     code = f"""
 import json, os, statistics, sys, tempfile, time
@@ -399,6 +431,9 @@ def main() -> None:
     rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db", "tracking=none")
     rows.append(parallel_ceiling(8 if args.quick else 16))
     rows.append(model_logging(10 if args.quick else 30))
+    ray = ray_per_job(1 if args.quick else 2, 10, 50)
+    if ray is not None:
+        rows.append(ray)
     shutil.rmtree(store_dir, ignore_errors=True)
 
     lines = [
