@@ -431,7 +431,7 @@ def main() -> None:
     rows += parallel(8 if args.quick else 32, max(1, repeats - 1), store_dir / "mlflow.db", "tracking=none")
     rows.append(parallel_ceiling(8 if args.quick else 16))
     rows.append(model_logging(10 if args.quick else 30))
-    ray = ray_per_job(1 if args.quick else 2, 10, 50)
+    ray = ray_per_job(1 if args.quick else 2, 10, 100)
     if ray is not None:
         rows.append(ray)
     shutil.rmtree(store_dir, ignore_errors=True)
