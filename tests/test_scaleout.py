@@ -29,6 +29,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import sqlalchemy
+import yaml
 from mlflow.entities import Run
 
 from tests.conftest import COUNTING_CALLBACK, Cli, Result, jobs_started, store_runs
@@ -319,17 +320,23 @@ HYDRAS_RAY = "hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launc
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("launcher", ["lab", "hydra"])
-def test_ray_workers_fetch_the_launch_once(cli: Cli, cluster: Cluster, launcher: str) -> None:
-    """``hydra/launcher=ray`` is lab's subclass: a Ray worker fetches and applies the launch
-    (callbacks, config, Hydra's state) at its first job and runs the next ones on it, as a
-    joblib worker does. Hydra's own class, one override away, sends it with every job."""
+def test_ray_workers_keep_the_launch_from_job_to_job(cli: Cli, cluster: Cluster, launcher: str) -> None:
+    """``hydra/launcher=ray`` is lab's subclass: a Ray worker applies the launch (callbacks,
+    config, Hydra's state) at its first job and runs the next ones on it, as a joblib worker
+    does. Hydra's own class, one override away, sends it with every job. Both compose each
+    job in the launching process: its ``hydra.runtime.cwd`` is the launcher's, not the
+    worker's (here every job is composed in full, without lab's composition cache)."""
     env = {**driver_env(cluster), "PYTHONPATH": str(cluster.ray.pythonpath)}  # counting.py, for the launcher too
     count = "+hydra.callbacks.count._target_=counting.CountJobs"
-    extra = [HYDRAS_RAY] if launcher == "hydra" else []
+    extra = [HYDRAS_RAY] if launcher == "hydra" else ["hydra.sweeper.compose_cache=false"]
     res = cli.sweep("seed=range(1,7)", "tracking=none", "hydra/launcher=ray", count, *extra, **env)
     assert res.code == 0, res.stderr
     assert "6 jobs (6 finished)" in res.stdout
-    started = jobs_started(cli.cwd / "outputs" / "sweep", 6, "job_id_for_{}")  # the plugin's job ids
+    sweep = cli.cwd / "outputs" / "sweep"
+    started = jobs_started(sweep, 6, "job_id_for_{}")  # the plugin's job ids
+    for job in range(6):
+        saved = yaml.safe_load((sweep / str(job) / ".hydra" / "hydra.yaml").read_text())
+        assert saved["hydra"]["runtime"]["cwd"] == str(cli.cwd)
     if launcher == "hydra":
         assert [c for counts in started.values() for c in counts] == [1] * 6
     else:

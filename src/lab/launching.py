@@ -330,24 +330,26 @@ class LabLauncher(BasicLauncher):
         assert self.hydra_context is not None
         assert self.config is not None
         assert self.task_function is not None
-        return _run_sweep_job(self.hydra_context, self.config, self.task_function, idx, overrides)
+        return _run_sweep_job(
+            self.hydra_context, self.task_function, _compose_sweep_job(self.hydra_context, self.config, idx, overrides)
+        )
 
 
-def _run_sweep_job(
-    hydra_context: HydraContext,
-    config: DictConfig,
-    task_function: TaskFunction,
-    idx: int,
-    overrides: list[str],
-    job_id: str | None = None,
-) -> JobReturn:
-    """Compose sweep job ``idx`` from the launch's ``config`` and run it with :func:`run_job`.
-    Its ``hydra.job.id`` is ``idx``, as Hydra's basic launcher sets it, unless ``job_id``
-    formats it as another launcher names it (``{name}`` is ``hydra.job.name``, ``{idx}`` the index)."""
+def _compose_sweep_job(
+    hydra_context: HydraContext, config: DictConfig, idx: int, overrides: list[str], job_id: str | None = None
+) -> DictConfig:
+    """Sweep job ``idx`` composed from the launch's ``config``. Its ``hydra.job.id`` is
+    ``idx``, as Hydra's basic launcher sets it, unless ``job_id`` formats it as another
+    launcher names it (``{name}`` is ``hydra.job.name``, ``{idx}`` the index)."""
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx if job_id is None else job_id.format(name=sweep_config.hydra.job.name, idx=idx)
         sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def _run_sweep_job(hydra_context: HydraContext, task_function: TaskFunction, sweep_config: DictConfig) -> JobReturn:
+    """A composed sweep job, run with :func:`run_job`."""
     return run_job(
         hydra_context=hydra_context,
         task_function=task_function,
@@ -461,14 +463,16 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
 # in the launching process to send it along.
 #
 # conf/hydra/launcher/{joblib,ray}.yaml point both at lab's subclasses
-# (src/hydra_plugins/lab_launcher), which keep the plugins' settings, log lines and job ids
-# (``train_<n>``, ``job_id_for_<n>``) but pickle the launch once per launch() and have a
-# worker unpickle and apply it once (:func:`_run_shipped_job`). joblib sends the bytes with
-# each job; Ray puts them in its object store once, and a task fetches them only when its
-# worker does not hold that launch yet. The worker then runs its jobs as a forked worker
-# does: Hydra's state set once and carried from job to job (as in a single process), each
-# job composed there from the launch's config (the composition cache travels with the
-# loader, filled when lab's sweeper validated the jobs), and :func:`run_job`.
+# (src/hydra_plugins/lab_launcher), which keep the plugins' settings, job ids (``train_<n>``,
+# ``job_id_for_<n>``) and where each job is composed, but pickle the launch once per
+# launch() and have a worker unpickle and apply it once (:func:`_shipped_launch`). joblib
+# sends the bytes with each job; Ray puts them in its object store once, and a task fetches
+# them only when its worker does not hold that launch yet. The worker then runs its jobs as
+# a forked worker does: Hydra's state set once and carried from job to job (as in a single
+# process), and :func:`run_job`. Under joblib a job is composed in its worker, as the
+# plugin composes it (the composition cache travels with the loader, filled when lab's
+# sweeper validated the jobs); under Ray in the launching process, as that plugin does, and
+# sent with its task.
 
 _Launch = tuple[HydraContext, DictConfig, TaskFunction]
 _shipped: tuple[str, _Launch] | None = None  # the launch a worker holds, by its id
@@ -487,11 +491,9 @@ def _pack_launch(launcher: Any) -> tuple[str, bytes]:
     return hashlib.sha256(launch).hexdigest(), launch
 
 
-def _run_shipped_job(
-    launch_id: str, fetch: Callable[[], bytes], idx: int, overrides: list[str], job_id: str
-) -> JobReturn:
-    """Job ``idx`` of launch ``launch_id``, whose pickle ``fetch`` returns, applied (as Hydra's
-    launchers apply it for every job) only if this process does not hold it yet."""
+def _shipped_launch(launch_id: str, fetch: Callable[[], bytes]) -> _Launch:
+    """Launch ``launch_id``, whose pickle ``fetch`` returns, applied (as Hydra's launchers
+    apply it for every job) only if this process does not hold it yet."""
     global _shipped
     if _shipped is None or _shipped[0] != launch_id:
         from hydra.core.singleton import Singleton
@@ -501,8 +503,7 @@ def _run_shipped_job(
         quiet_replaced_launcher_options()  # a worker never ran lab.train's main
         Singleton.set_state(state)
         _shipped = (launch_id, (hydra_context, config, task_function))
-    hydra_context, config, task_function = _shipped[1]
-    return _sendable(_run_sweep_job(hydra_context, config, task_function, idx, overrides, job_id))
+    return _shipped[1]
 
 
 def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -541,7 +542,9 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
 
 def _run_joblib_job(launch_id: str, launch: bytes, idx: int, overrides: list[str]) -> JobReturn:
     """Hydra's joblib ``execute_job``, applying the launch only at its first job here."""
-    return _run_shipped_job(launch_id, lambda: launch, idx, overrides, "{name}_{idx}")
+    hydra_context, config, task_function = _shipped_launch(launch_id, lambda: launch)
+    sweep_config = _compose_sweep_job(hydra_context, config, idx, overrides, "{name}_{idx}")
+    return _sendable(_run_sweep_job(hydra_context, task_function, sweep_config))
 
 
 def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -556,18 +559,23 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     start_ray(launcher.ray_cfg.init)
     remote: dict[str, Any] = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True)  # type: ignore[assignment]
     task = ray.remote(**remote)(_run_ray_job) if remote else ray.remote(_run_ray_job)
-    jobs = _numbered(job_overrides, initial_job_idx)
-    _log_jobs(jobs)
     launch_id, launch = _pack_launch(launcher)
     # inside a list, Ray passes the reference as it is rather than the object: a task fetches
     # the launch from the object store only when its worker does not hold it
     holder = [ray.put(launch)]
-    runs = [task.remote(launch_id, holder, idx, overrides) for idx, overrides in jobs]
+    runs = []
+    for job in _numbered(job_overrides, initial_job_idx):
+        _log_jobs([job])
+        # composed here, as the plugin composes it: a composition in a worker would take
+        # hydra.runtime.cwd and hydra.job.env_copy from the worker's node
+        sweep_config = _compose_sweep_job(launcher.hydra_context, launcher.config, *job, "job_id_for_{idx}")
+        runs.append(task.remote(launch_id, holder, sweep_config))
     return [ray.get(run) for run in runs]
 
 
-def _run_ray_job(launch_id: str, holder: list[Any], idx: int, overrides: list[str]) -> JobReturn:
+def _run_ray_job(launch_id: str, holder: list[Any], sweep_config: DictConfig) -> JobReturn:
     """hydra-ray-launcher's ``_run_job``, applying the launch only at its first job in this worker."""
     import ray
 
-    return _run_shipped_job(launch_id, lambda: ray.get(holder[0]), idx, overrides, "job_id_for_{idx}")
+    hydra_context, _, task_function = _shipped_launch(launch_id, lambda: ray.get(holder[0]))
+    return _sendable(_run_sweep_job(hydra_context, task_function, sweep_config))
