@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,8 +18,16 @@ import pytest
 import yaml
 
 from lab.outputs import MODEL_FILE, write_result
-from lab.publishing import Publisher, locked_requirements, may_publish_in_background, note_pending, write_model_dir
-from lab.records import PENDING_NOTE, JobRecord
+from lab.publishing import (
+    Publisher,
+    assign,
+    locked_requirements,
+    may_publish_in_background,
+    note_pending,
+    spawn,
+    write_model_dir,
+)
+from lab.records import PENDING_NOTE, JobRecord, enqueue
 from lab.train import CONFIG_DIR
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
@@ -55,6 +64,54 @@ def test_model_dir_is_what_save_model_writes(
     X, _ = load_dataset(config.data.name)
     for loaded in (mlflow.sklearn.load_model(str(ours)), mlflow.pyfunc.load_model(str(ours))):
         assert np.array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_the_background_publisher_logs_a_model_without_loading_pyarrow(
+    make_config: MakeConfig, tmp_path: Path, migrated_store: Path
+) -> None:
+    """The real publisher process publishes a job, model included, and never loads pyarrow
+    (~35 MB that MLflow's imports would pull in through pandas, unused there)."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_dir, queue = tmp_path / "job", tmp_path / "queue"
+    job_dir.mkdir()
+    result = train(make_config())
+    write_result(result, job_dir)
+    record = JobRecord(
+        uid="launch-run",
+        job_dir=str(job_dir),
+        run_name="run",
+        experiment="lab",
+        tracking_uri=uri,
+        status="FINISHED",
+        start_time=1_700_000_000_000,
+        end_time=1_700_000_001_000,
+        metrics=result.metrics,
+        tags={"lab.job_uid": "launch-run", "lab.kind": "job"},
+        artifacts=["metrics.json"],
+        model=MODEL_FILE,
+    )
+    record.save()
+    enqueue(queue, "job", {"job_dir": str(job_dir)})
+    proc = assign(spawn(), queue, uri, open_store=True, env={})
+    try:
+        for _ in range(1200):  # importing MLflow and publishing take a few seconds
+            if record.synced or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert record.synced
+        mapped = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "_sqlite3" in mapped  # the publisher's libraries are visible here ...
+        assert "libarrow" not in mapped  # ... and pyarrow's are not among them
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    run_id = record.receipt()["run_id"]  # type: ignore[index]
+    assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    mlflow.set_tracking_uri(uri)
+    X, _ = load_dataset("iris")
+    assert np.array_equal(mlflow.sklearn.load_model(f"runs:/{run_id}/model").predict(X), result.model.predict(X))
 
 
 def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_note(

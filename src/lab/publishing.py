@@ -745,10 +745,21 @@ def _read_task() -> dict[str, Any] | None:
     return task
 
 
+# Imported by MLflow's own imports but never used by a publisher, which logs params,
+# metrics, tags and files: pyarrow, which pandas (imported by MLflow's dataset and model
+# modules) loads when it is installed, as it is, being a dependency of mlflow. pandas
+# treats it as optional. Left out, the publisher is ~35 MB smaller (214 -> 180 MB resident
+# once warmed up) and skips ~50 ms of imports (-X importtime). Only in this process: code
+# running in the launcher (a user's callback, say) may want pyarrow.
+NOT_IN_PUBLISHER = ("pyarrow",)
+
+
 def warm_up() -> None:
     """What a tracked job needs, done while the launcher is still importing and composing,
     on the other core: MLflow (~1.5 s), its SQL store (~0.85 s), and the model metadata.
-    Touches no store and writes nothing. scikit-learn is never imported here."""
+    Touches no store and writes nothing. scikit-learn and pyarrow are never imported here."""
+    for name in NOT_IN_PUBLISHER:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "import name" raises ImportError
     import mlflow.pyfunc
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - sqlite and PostgreSQL stores
 
