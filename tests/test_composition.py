@@ -104,7 +104,10 @@ def test_bad_leaf_value_fails_like_hydra() -> None:
 
 
 def _comparable_tags(tags: dict[str, str]) -> dict[str, str]:
-    varying = ("lab.output_dir", "lab.pid", "lab.job_uid", "lab.sweep_uid", "mlflow.parentRunId", "lab.overrides")
+    varying = (
+        *("lab.output_dir", "lab.pid", "lab.pid_start", "lab.job_uid", "lab.sweep_uid"),
+        *("mlflow.parentRunId", "lab.overrides"),
+    )
     return {k: v for k, v in tags.items() if k not in varying}
 
 

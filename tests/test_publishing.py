@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from lab.outputs import MODEL_FILE, write_result
+from lab.provenance import process_identity, process_start
 from lab.publishing import (
     Publisher,
     assign,
@@ -28,6 +29,7 @@ from lab.publishing import (
     write_model_dir,
 )
 from lab.records import PENDING_NOTE, JobRecord, enqueue
+from lab.runs import reap
 from lab.train import CONFIG_DIR
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
@@ -193,7 +195,7 @@ def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
 ) -> None:
     """Killed after a job finished but before its end was published: `reap` must not end its
     run FAILED ("abandoned"); `sync` publishes the record's FINISHED and metrics."""
-    from lab.runs import reap, sync
+    from lab.runs import sync
 
     shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -231,6 +233,60 @@ def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
     assert run.info.status == "FINISHED" and run.data.metrics == {"accuracy": 0.5}
     assert "lab.error" not in run.data.tags
     assert client.get_run(cut_off_id).info.status == "FAILED"
+
+
+def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migrated_store: Path) -> None:
+    """A RUNNING run's ``lab.pid`` may name another process by the time `reap` looks (pids
+    are reused, at once in a restarted container), or a zombie: both runs are abandoned.
+    A live process that started when ``lab.pid_start`` says is not, nor is any live one
+    for a run tagged before lab wrote ``lab.pid_start``."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    alive = subprocess.Popen(["sleep", "60"])
+    zombie = subprocess.Popen(["sleep", "0.2"])  # exits, and is not waited for until the end
+    try:
+        alive_start, zombie_start = process_start(alive.pid), process_start(zombie.pid)
+        assert alive_start is not None and zombie_start is not None
+        deadline = time.monotonic() + 10
+        while (process_identity(zombie.pid) or ("?",))[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not become a zombie"
+            time.sleep(0.02)
+        cases = {  # name: (lab.pid, lab.pid_start or None, reaped)
+            "reused": (alive.pid, "1@" + alive_start.split("@")[1], True),
+            "zombie": (zombie.pid, zombie_start, True),
+            "alive": (alive.pid, alive_start, False),
+            "untagged": (alive.pid, None, False),
+        }
+        run_ids = {}
+        for name, (pid, start, _) in cases.items():
+            (tmp_path / "outputs" / name).mkdir(parents=True)
+            pid_tags = {"lab.pid": str(pid)} | ({} if start is None else {"lab.pid_start": start})
+            record = JobRecord(
+                uid=f"launch-{name}",
+                job_dir=str(tmp_path / "outputs" / name),
+                run_name=name,
+                experiment="lab",
+                tracking_uri=uri,
+                status="RUNNING",
+                start_time=1_700_000_000_000,
+                tags={"lab.job_uid": f"launch-{name}", "lab.kind": "job", "lab.host": socket.gethostname()} | pid_tags,
+            )
+            record.save()
+            run_ids[name] = Publisher(uri).publish(record)
+
+        assert reap(tmp_path / "outputs", uri) == 2
+    finally:
+        alive.kill()
+        alive.wait()
+        zombie.wait()
+    client = mlflow.MlflowClient(uri)
+    for name, (pid, _, reaped) in cases.items():
+        run = client.get_run(run_ids[name])
+        on_disk = JobRecord.load(tmp_path / "outputs" / name)
+        expected = "FAILED" if reaped else "RUNNING"
+        assert (run.info.status, on_disk.status) == (expected, expected), name
+        if reaped:
+            assert run.data.tags["lab.error"] == f"abandoned: process {pid} on {socket.gethostname()} is gone"
 
 
 @pytest.mark.parametrize(

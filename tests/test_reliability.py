@@ -21,6 +21,7 @@ import pytest
 import yaml
 from mlflow.entities import Run
 
+from lab.provenance import process_start
 from lab.records import split_overrides
 from tests.conftest import Cli, publishers_in, store_runs
 from tests.servers import mlflow_server
@@ -706,6 +707,7 @@ def test_dead_publisher_leaves_the_launch_pending_not_silently_done(cli: Cli) ->
     sweep = cli.cwd / "outputs" / "sweep"
     tags = json.loads((sweep / "tracking.json").read_text())["tags"]
     assert tags["lab.pid"] == str(proc.pid)
+    assert tags["lab.pid_start"] == process_start(proc.pid)  # what `lab.runs reap` checks
     assert split_overrides(tags["lab.overrides"]) == task
     [publisher] = publishers_in(cli.cwd)
     os.kill(publisher, signal.SIGKILL)

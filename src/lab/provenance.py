@@ -1,11 +1,14 @@
-"""Where a result came from: code version, locked environment and config fingerprint.
+"""Where a result came from: code version, locked environment, config fingerprint, and
+the process that ran it.
 
 Computed once per launch in the launching process (a few milliseconds of ``git``), then
-carried to every job as tags, and compared by :mod:`lab.reproduce`.
+carried to every job as tags, and compared by :mod:`lab.reproduce`; the process's identity
+is what ``python -m lab.runs reap`` checks before it ends a run as abandoned.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -17,7 +20,7 @@ from omegaconf import DictConfig
 
 from lab.config import job_container
 
-__all__ = ["PROJECT_ROOT", "config_fingerprint", "environment_tags"]
+__all__ = ["PROJECT_ROOT", "config_fingerprint", "environment_tags", "process_identity", "process_start"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,3 +61,37 @@ def config_fingerprint(job_config: DictConfig) -> str:
     """sha256 of the resolved job config (without ``hydra``), as canonical sorted JSON."""
     text = json.dumps(job_container(job_config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_identity(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state letter and its start (``<clock ticks since boot>@<boot id>``),
+    from Linux's ``/proc``; None where that cannot be read: no such process, one hidden
+    from this user (``hidepid``), or not Linux.
+
+    A pid alone does not name a process for long: Linux reuses it once the process is gone,
+    and in a fresh container's pid namespace a restarted launcher gets the same low pid. The
+    start time, on the same boot, does.
+    """
+    boot = _boot_id()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    if boot is None:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return fields[0], f"{fields[19]}@{boot}"  # state (field 3 of proc(5)), starttime (field 22)
+
+
+def process_start(pid: int) -> str | None:
+    """The ``lab.pid_start`` tag of process ``pid`` (see :func:`process_identity`), or None."""
+    identity = process_identity(pid)
+    return None if identity is None else identity[1]

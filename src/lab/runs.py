@@ -8,8 +8,10 @@
     nothing new.
 ``reap``
     End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
-    and whose ``lab.pid`` is gone become FAILED, with the reason in ``lab.error``; records
-    on disk in the same state are ended too, so a later ``sync`` agrees. A run whose
+    and whose process is gone become FAILED, with the reason in ``lab.error``; records
+    on disk in the same state are ended too, so a later ``sync`` agrees. The process is
+    ``lab.pid``, as long as it started when ``lab.pid_start`` says (a pid is reused once
+    its process is gone, at once in a restarted container) and is not a zombie. A run whose
     record under the outputs dir says how its job ended is left to ``sync``, which
     publishes that end (FINISHED, with its metrics) instead.
 ``pending``
@@ -29,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.provenance import process_identity
 from lab.publishing import (
     Publisher,
     check_uri,
@@ -120,8 +123,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _abandoned(tags: dict[str, str], host: str) -> bool:
+    """Whether the process that ``tags`` name (``lab.host``, ``lab.pid``, ``lab.pid_start``)
+    is gone. A process this host hides from us (``hidepid``) counts as alive, and so does
+    any live process with the pid of a run tagged before lab wrote ``lab.pid_start``."""
     pid = tags.get("lab.pid", "")
-    return tags.get("lab.host") == host and pid.isdigit() and not _pid_alive(int(pid))
+    if tags.get("lab.host") != host or not pid.isdigit():
+        return False
+    if not _pid_alive(int(pid)):
+        return True
+    identity = process_identity(int(pid))
+    if identity is None:
+        return False
+    state, start = identity
+    return state in ("Z", "X") or start != tags.get("lab.pid_start", start)
 
 
 def reap(root: Path, uri: str) -> int:

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from lab import outputs
 from lab.config import job_container
-from lab.provenance import config_fingerprint, environment_tags
+from lab.provenance import config_fingerprint, environment_tags, process_start
 from lab.publishing import (
     configure_client_env,
     note_pending,
@@ -140,6 +140,7 @@ class _Launch:
     overrides: list[str] = field(default_factory=list)
     host: str = ""
     pid: int = 0
+    pid_start: str | None = None  # lab.provenance.process_start(pid)
     # MLFLOW_* of the launching process (URI, credentials, HTTP time-outs): a job on a Ray
     # or SLURM worker does not inherit that environment, so on_job_start applies it.
     client_env: dict[str, str] | None = None
@@ -243,6 +244,7 @@ class TrackingCallback(Callback):
             overrides=task_overrides(config),
             host=socket.gethostname(),
             pid=os.getpid(),
+            pid_start=process_start(os.getpid()),
         )
         atexit.register(self._at_exit)
         global _launching
@@ -349,7 +351,7 @@ class TrackingCallback(Callback):
                 "lab.output_dir": self.launch.sweep_dir,
                 "lab.kind": "sweep",
                 "lab.host": self.launch.host,
-                "lab.pid": str(self.launch.pid),
+                **_pid_tags(self.launch.pid, self.launch.pid_start),
             },
         )
 
@@ -713,7 +715,7 @@ class TrackingCallback(Callback):
             "lab.config_sha256": config_fingerprint(config),
         }
         if pid is not None:
-            tags["lab.pid"] = str(pid)
+            tags |= _pid_tags(pid, process_start(pid))
         if num is not None:
             tags["lab.job_num"] = str(num)
         name = None if num is None else str(num)
@@ -853,6 +855,12 @@ class TrackingCallback(Callback):
             )
             if record is not None:
                 note_pending(record, reason)
+
+
+def _pid_tags(pid: int, start: str | None) -> dict[str, str]:
+    """``lab.pid`` and, where Linux tells it, ``lab.pid_start``: with ``lab.host``, what
+    ``lab.runs reap`` checks before it takes a RUNNING run's process to be gone."""
+    return {"lab.pid": str(pid)} | ({} if start is None else {"lab.pid_start": start})
 
 
 def _pin_sweep_dir(config: DictConfig) -> str:
