@@ -291,18 +291,23 @@ class Publisher:
                 self.client.log_batch(run_id, params=batch[0], metrics=batch[1], tags=batch[2])
 
     def _remember_repo(self, run_id: str, artifact_uri: str) -> None:
-        """Keep the artifact repository of a run this publisher created: MLflow's client
-        otherwise looks it up with a ``get_run`` (the run's every param, metric and tag,
-        ~15 ms on sqlite) before its first artifact."""
+        """Keep the artifact repository of a run, as MLflow's client makes it: for a run
+        this publisher created, from the URI its creation returned, where the client would
+        look it up with a ``get_run`` (the run's every param, metric and tag, ~15 ms on
+        sqlite) before its first artifact."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
+        if urlsplit(artifact_uri).scheme in NEEDS_PYARROW:
+            let_in_pyarrow()
+        artifact_uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, self.uri)  # type: ignore[no-untyped-call]
         self._repos[run_id] = get_artifact_repository(artifact_uri, tracking_uri=self.uri)
 
     def _log_artifact(self, run_id: str, local_path: str, artifact_path: str | None, directory: bool = False) -> None:
-        repo = self._repos.get(run_id)
-        if repo is None:
-            (self.client.log_artifacts if directory else self.client.log_artifact)(run_id, local_path, artifact_path)
-        elif directory:
+        if run_id not in self._repos:  # a run this publisher found rather than created
+            self._remember_repo(run_id, self.client.get_run(run_id).info.artifact_uri)
+        repo = self._repos[run_id]
+        if directory:
             repo.log_artifacts(local_path, artifact_path)
         else:
             repo.log_artifact(local_path, artifact_path)
@@ -745,13 +750,29 @@ def _read_task() -> dict[str, Any] | None:
     return task
 
 
-# Imported by MLflow's own imports but never used by a publisher, which logs params,
-# metrics, tags and files: pyarrow, which pandas (imported by MLflow's dataset and model
-# modules) loads when it is installed, as it is, being a dependency of mlflow. pandas
-# treats it as optional. Left out, the publisher is ~35 MB smaller (214 -> 180 MB resident
-# once warmed up) and skips ~50 ms of imports (-X importtime). Only in this process: code
-# running in the launcher (a user's callback, say) may want pyarrow.
+# Imported by MLflow's own imports but not used by a publisher, except for artifacts on
+# HDFS: pyarrow, which pandas (imported by MLflow's dataset and model modules) loads when
+# it is installed, as it is, being a dependency of mlflow. pandas treats it as optional.
+# Left out, the publisher is ~35 MB smaller (214 -> 180 MB resident once warmed up) and
+# skips ~50 ms of imports (-X importtime). Only in this process: code running in the
+# launcher (a user's callback, say) may want pyarrow.
 NOT_IN_PUBLISHER = ("pyarrow",)
+# Artifact stores whose MLflow repository needs pyarrow (HdfsArtifactRepository)
+NEEDS_PYARROW = ("hdfs", "viewfs")
+
+
+def let_in_pyarrow() -> None:
+    """Undo :data:`NOT_IN_PUBLISHER` for pyarrow, for a run whose artifacts go to HDFS:
+    MLflow's HDFS repository imports pyarrow's file system classes when its module is
+    imported (in ``import mlflow``), and goes on without them if that fails; imported
+    again, it has them."""
+    if "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+        import importlib
+
+        import mlflow.store.artifact.hdfs_artifact_repo as hdfs
+
+        del sys.modules["pyarrow"]
+        importlib.reload(hdfs)
 
 
 def warm_up() -> None:
