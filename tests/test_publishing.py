@@ -7,6 +7,7 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from lab.outputs import MODEL_FILE, write_result
-from lab.provenance import process_identity, process_start
+from lab.provenance import process_context, process_start, process_state
 from lab.publishing import (
     Publisher,
     assign,
@@ -114,6 +115,35 @@ def test_the_background_publisher_logs_a_model_without_loading_pyarrow(
     mlflow.set_tracking_uri(uri)
     X, _ = load_dataset("iris")
     assert np.array_equal(mlflow.sklearn.load_model(f"runs:/{run_id}/model").predict(X), result.model.predict(X))
+
+
+HDFS_CHECK = """
+import sys
+from lab.publishing import Publisher, warm_up
+warm_up()  # as the background publisher starts: pyarrow kept out
+assert sys.modules["pyarrow"] is None
+import mlflow.store.artifact.hdfs_artifact_repo as hdfs
+assert "HadoopFileSystem" not in vars(hdfs)
+publisher = Publisher(sys.argv[1])
+publisher._remember_repo("run", "hdfs://namenode:8020/mlflow/1/run/artifacts")  # connects to nothing yet
+from pyarrow.fs import HadoopFileSystem
+assert vars(hdfs)["HadoopFileSystem"] is HadoopFileSystem
+print(type(publisher._repos["run"]).__name__)
+"""
+
+
+def test_the_publisher_lets_pyarrow_in_for_artifacts_on_hdfs(tmp_path: Path, migrated_store: Path) -> None:
+    """MLflow's HDFS artifact repository needs pyarrow, which the publisher keeps out: a
+    run whose artifacts go to HDFS gets a repository that has pyarrow's file system."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    res = subprocess.run(
+        [sys.executable, "-c", HDFS_CHECK, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "HdfsArtifactRepository"
 
 
 def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_note(
@@ -236,34 +266,39 @@ def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
 
 
 def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migrated_store: Path) -> None:
-    """A RUNNING run's ``lab.pid`` may name another process by the time `reap` looks (pids
-    are reused, at once in a restarted container), or a zombie: both runs are abandoned.
-    A live process that started when ``lab.pid_start`` says is not, nor is any live one
-    for a run tagged before lab wrote ``lab.pid_start``."""
+    """A RUNNING run's ``lab.pid`` may name another process by the time `reap` looks (a
+    pid is given to a new process once its own is gone), or a zombie, or a process of an
+    earlier boot: those runs are abandoned. A live process that started when
+    ``lab.pid_start`` says is not, nor is a live pid of a run tagged before lab wrote
+    ``lab.pid_start`` or recorded in another pid namespace (which this one cannot check)."""
     shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    alive = subprocess.Popen(["sleep", "60"])
+    alive = subprocess.Popen(["sleep", "600"])
     zombie = subprocess.Popen(["sleep", "0.2"])  # exits, and is not waited for until the end
     try:
-        alive_start, zombie_start = process_start(alive.pid), process_start(zombie.pid)
-        assert alive_start is not None and zombie_start is not None
+        alive_start, zombie_start, here = process_start(alive.pid), process_start(zombie.pid), process_context()
+        assert alive_start is not None and zombie_start is not None and here is not None
         deadline = time.monotonic() + 10
-        while (process_identity(zombie.pid) or ("?",))[0] != "Z":
+        while (process_state(zombie.pid) or ("?",))[0] != "Z":
             assert time.monotonic() < deadline, "the child did not become a zombie"
             time.sleep(0.02)
+        started = alive_start.partition("@")[0]
+        boot, _, namespace = here.partition(":")
         cases = {  # name: (lab.pid, lab.pid_start or None, reaped)
-            "reused": (alive.pid, "1@" + alive_start.split("@")[1], True),
+            "reused": (alive.pid, f"{int(started) - 1}@{here}", True),
             "zombie": (zombie.pid, zombie_start, True),
+            "earlier boot": (alive.pid, f"{started}@{boot[::-1]}:{namespace}", True),
             "alive": (alive.pid, alive_start, False),
             "untagged": (alive.pid, None, False),
+            "other namespace": (alive.pid, f"{int(started) - 1}@{boot}:{int(namespace) + 1}", False),
         }
         run_ids = {}
         for name, (pid, start, _) in cases.items():
-            (tmp_path / "outputs" / name).mkdir(parents=True)
+            (tmp_path / "outputs" / name.replace(" ", "_")).mkdir(parents=True)
             pid_tags = {"lab.pid": str(pid)} | ({} if start is None else {"lab.pid_start": start})
             record = JobRecord(
                 uid=f"launch-{name}",
-                job_dir=str(tmp_path / "outputs" / name),
+                job_dir=str(tmp_path / "outputs" / name.replace(" ", "_")),
                 run_name=name,
                 experiment="lab",
                 tracking_uri=uri,
@@ -274,7 +309,7 @@ def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migr
             record.save()
             run_ids[name] = Publisher(uri).publish(record)
 
-        assert reap(tmp_path / "outputs", uri) == 2
+        assert reap(tmp_path / "outputs", uri) == 3
     finally:
         alive.kill()
         alive.wait()
@@ -282,7 +317,7 @@ def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migr
     client = mlflow.MlflowClient(uri)
     for name, (pid, _, reaped) in cases.items():
         run = client.get_run(run_ids[name])
-        on_disk = JobRecord.load(tmp_path / "outputs" / name)
+        on_disk = JobRecord.load(tmp_path / "outputs" / name.replace(" ", "_"))
         expected = "FAILED" if reaped else "RUNNING"
         assert (run.info.status, on_disk.status) == (expected, expected), name
         if reaped:

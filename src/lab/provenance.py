@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from importlib.metadata import version
@@ -20,7 +21,14 @@ from omegaconf import DictConfig
 
 from lab.config import job_container
 
-__all__ = ["PROJECT_ROOT", "config_fingerprint", "environment_tags", "process_identity", "process_start"]
+__all__ = [
+    "PROJECT_ROOT",
+    "config_fingerprint",
+    "environment_tags",
+    "process_context",
+    "process_start",
+    "process_state",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,34 +72,36 @@ def config_fingerprint(job_config: DictConfig) -> str:
 
 
 @functools.cache
-def _boot_id() -> str | None:
+def process_context() -> str | None:
+    """Where a pid names a process, for this process: ``<boot id>:<pid namespace inode>``
+    (Linux), or None elsewhere. The same pid means another process after a reboot, and in
+    another pid namespace (another container) means another process altogether."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
+    return f"{boot}:{namespace}"
 
 
-def process_identity(pid: int) -> tuple[str, str] | None:
-    """Process ``pid``'s state letter and its start (``<clock ticks since boot>@<boot id>``),
-    from Linux's ``/proc``; None where that cannot be read: no such process, one hidden
-    from this user (``hidepid``), or not Linux.
-
-    A pid alone does not name a process for long: Linux reuses it once the process is gone,
-    and in a fresh container's pid namespace a restarted launcher gets the same low pid. The
-    start time, on the same boot, does.
-    """
-    boot = _boot_id()
+def process_state(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state letter (``Z``: a zombie) and when it started (clock ticks
+    since boot), as this process sees it in Linux's ``/proc``; None where that cannot be
+    read: no such process, one hidden from this user (``hidepid``), or not Linux."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    if boot is None:
-        return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
-    return fields[0], f"{fields[19]}@{boot}"  # state (field 3 of proc(5)), starttime (field 22)
+    return fields[0], fields[19]  # fields 3 (state) and 22 (starttime) of proc(5)
 
 
 def process_start(pid: int) -> str | None:
-    """The ``lab.pid_start`` tag of process ``pid`` (see :func:`process_identity`), or None."""
-    identity = process_identity(pid)
-    return None if identity is None else identity[1]
+    """The ``lab.pid_start`` tag of process ``pid``: ``<start>@<boot id>:<pid namespace>``
+    (see :func:`process_state`, :func:`process_context`), or None where Linux does not say.
+
+    With ``lab.host`` and ``lab.pid`` it names one process: a pid alone does not for long,
+    as Linux gives it to a new process once its own is gone.
+    """
+    context, state = process_context(), process_state(pid)
+    return None if context is None or state is None else f"{state[1]}@{context}"

@@ -10,10 +10,10 @@
     End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
     and whose process is gone become FAILED, with the reason in ``lab.error``; records
     on disk in the same state are ended too, so a later ``sync`` agrees. The process is
-    ``lab.pid``, as long as it started when ``lab.pid_start`` says (a pid is reused once
-    its process is gone, at once in a restarted container) and is not a zombie. A run whose
-    record under the outputs dir says how its job ended is left to ``sync``, which
-    publishes that end (FINISHED, with its metrics) instead.
+    ``lab.pid``, as long as it started when ``lab.pid_start`` says (a pid is given to a new
+    process once its own is gone) and is not a zombie. A run whose record under the
+    outputs dir says how its job ended is left to ``sync``, which publishes that end
+    (FINISHED, with its metrics) instead.
 ``pending``
     List the job dirs whose records have not reached MLflow.
 
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab.provenance import process_identity
+from lab.provenance import process_context, process_state
 from lab.publishing import (
     Publisher,
     check_uri,
@@ -124,18 +124,27 @@ def _pid_alive(pid: int) -> bool:
 
 def _abandoned(tags: dict[str, str], host: str) -> bool:
     """Whether the process that ``tags`` name (``lab.host``, ``lab.pid``, ``lab.pid_start``)
-    is gone. A process this host hides from us (``hidepid``) counts as alive, and so does
-    any live process with the pid of a run tagged before lab wrote ``lab.pid_start``."""
+    is gone: no process has its pid, or this host has rebooted since it started, or the
+    process with its pid is a zombie or started at another time (the pid was reused). A
+    live pid counts as the run's process, as it did before lab wrote ``lab.pid_start``,
+    when the tag is missing, when the run's pid namespace is not this one (another
+    container on this host name: the pid is not the same process there), and when this
+    host hides the process from us (``hidepid``)."""
     pid = tags.get("lab.pid", "")
     if tags.get("lab.host") != host or not pid.isdigit():
         return False
     if not _pid_alive(int(pid)):
         return True
-    identity = process_identity(int(pid))
-    if identity is None:
+    start, _, context = tags.get("lab.pid_start", "").partition("@")
+    here = process_context()
+    if not context or here is None:
         return False
-    state, start = identity
-    return state in ("Z", "X") or start != tags.get("lab.pid_start", start)
+    if context.partition(":")[0] != here.partition(":")[0]:
+        return True  # another boot: every process of that one is gone
+    state = process_state(int(pid))
+    if context != here or state is None:
+        return False
+    return state[0] in ("Z", "X") or state[1] != start
 
 
 def reap(root: Path, uri: str) -> int:
