@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
@@ -36,6 +37,31 @@ from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
 
 VOLATILE = ("model_uuid", "utc_time_created")  # differ between any two saves
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path, migrated_store: Path) -> str:
+    """A migrated sqlite store of this test's own, in ``tmp_path``."""
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def job_record(uri: str, job_dir: Path, name: str, status: str = "RUNNING", **fields: Any) -> JobRecord:
+    """The record of job ``name`` (uid ``launch-<name>``) in ``job_dir`` (made here), tagged
+    as a job; ``fields`` add to it, ``tags`` to its tags."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"lab.job_uid": f"launch-{name}", "lab.kind": "job", **fields.pop("tags", {})}
+    return JobRecord(
+        uid=f"launch-{name}",
+        job_dir=str(job_dir),
+        run_name=name,
+        experiment="lab",
+        tracking_uri=uri,
+        status=status,
+        start_time=1_700_000_000_000,
+        tags=tags,
+        **fields,
+    )
 
 
 @pytest.mark.parametrize("overrides", [(), ("model=random_forest", "data=wine"), ("model=svm", "split=kfold")])
@@ -70,30 +96,24 @@ def test_model_dir_is_what_save_model_writes(
 
 
 def test_the_background_publisher_logs_a_model_without_loading_pyarrow(
-    make_config: MakeConfig, tmp_path: Path, migrated_store: Path
+    make_config: MakeConfig, tmp_path: Path, store_uri: str
 ) -> None:
     """The real publisher process publishes a job, model included, and never loads pyarrow
     (~35 MB that MLflow's imports would pull in through pandas, unused there)."""
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     job_dir, queue = tmp_path / "job", tmp_path / "queue"
-    job_dir.mkdir()
     result = train(make_config())
-    write_result(result, job_dir)
-    record = JobRecord(
-        uid="launch-run",
-        job_dir=str(job_dir),
-        run_name="run",
-        experiment="lab",
-        tracking_uri=uri,
-        status="FINISHED",
-        start_time=1_700_000_000_000,
+    record = job_record(
+        uri,
+        job_dir,
+        "run",
+        "FINISHED",
         end_time=1_700_000_001_000,
         metrics=result.metrics,
-        tags={"lab.job_uid": "launch-run", "lab.kind": "job"},
         artifacts=["metrics.json"],
         model=MODEL_FILE,
     )
+    write_result(result, job_dir)
     record.save()
     enqueue(queue, "job", {"job_dir": str(job_dir)})
     proc = assign(spawn(), queue, uri, open_store=True, env={})
@@ -132,12 +152,11 @@ print(type(publisher._repos["run"]).__name__)
 """
 
 
-def test_the_publisher_lets_pyarrow_in_for_artifacts_on_hdfs(tmp_path: Path, migrated_store: Path) -> None:
+def test_the_publisher_lets_pyarrow_in_for_artifacts_on_hdfs(store_uri: str) -> None:
     """MLflow's HDFS artifact repository needs pyarrow, which the publisher keeps out: a
     run whose artifacts go to HDFS gets a repository that has pyarrow's file system."""
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
     res = subprocess.run(
-        [sys.executable, "-c", HDFS_CHECK, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        [sys.executable, "-c", HDFS_CHECK, store_uri],
         capture_output=True,
         text=True,
         timeout=300,
@@ -147,25 +166,14 @@ def test_the_publisher_lets_pyarrow_in_for_artifacts_on_hdfs(tmp_path: Path, mig
 
 
 def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_note(
-    tmp_path: Path, migrated_store: Path
+    tmp_path: Path, store_uri: str
 ) -> None:
     """A record that failed to publish once (its start, say) and then succeeded is not
     pending; a receipt names its record, so a later run in the same dir is not covered."""
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     job_dir = tmp_path / "job"
-    job_dir.mkdir()
-    record = JobRecord(
-        uid="launch-0",
-        job_dir=str(job_dir),
-        run_name="0",
-        experiment="lab",
-        tracking_uri=uri,
-        status="FINISHED",
-        start_time=1_700_000_000_000,
-        end_time=1_700_000_001_000,
-        params={"seed": "1"},
-        metrics={"accuracy": 0.5},
+    record = job_record(
+        uri, job_dir, "0", "FINISHED", end_time=1_700_000_001_000, params={"seed": "1"}, metrics={"accuracy": 0.5}
     )
     record.save()
     note_pending(record, "ConnectionError: an earlier attempt")
@@ -189,26 +197,13 @@ def test_a_published_record_gets_its_own_receipt_and_loses_an_earlier_failure_no
 
 
 def test_a_run_ended_for_want_of_news_loses_its_error_once_its_record_says_finished(
-    tmp_path: Path, migrated_store: Path
+    tmp_path: Path, store_uri: str
 ) -> None:
     """`lab.runs reap` (or the publisher, after losing the launcher) ends a silent run FAILED
     with a ``lab.error`` tag; when `sync` later publishes the job's FINISHED record, the run
     must not stay tagged with an error that never happened."""
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job_dir = tmp_path / "job"
-    job_dir.mkdir()
-    record = JobRecord(
-        uid="launch-0",
-        job_dir=str(job_dir),
-        run_name="0",
-        experiment="lab",
-        tracking_uri=uri,
-        status="RUNNING",
-        start_time=1_700_000_000_000,
-        params={"seed": "1"},
-        tags={"lab.job_uid": "launch-0", "lab.kind": "job"},
-    )
+    uri = store_uri
+    record = job_record(uri, tmp_path / "job", "0", params={"seed": "1"})
     run_id = Publisher(uri).publish(record)  # the job's start reached MLflow, its end did not
     client = mlflow.MlflowClient(uri)
     client.set_tag(run_id, "lab.error", "abandoned: process 1 on host is gone")  # what reap does
@@ -221,30 +216,23 @@ def test_a_run_ended_for_want_of_news_loses_its_error_once_its_record_says_finis
 
 
 def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
-    tmp_path: Path, migrated_store: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Killed after a job finished but before its end was published: `reap` must not end its
     run FAILED ("abandoned"); `sync` publishes the record's FINISHED and metrics."""
     from lab.runs import sync
 
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     dead = subprocess.Popen(["true"])
     dead.wait()
     records = []
     for name in ("finished", "cut_off"):
-        (tmp_path / "outputs" / name).mkdir(parents=True)
-        record = JobRecord(
-            uid=f"launch-{name}",
-            job_dir=str(tmp_path / "outputs" / name),
-            run_name=name,
-            experiment="lab",
-            tracking_uri=uri,
-            status="RUNNING",
-            start_time=1_700_000_000_000,
+        record = job_record(
+            uri,
+            tmp_path / "outputs" / name,
+            name,
             params={"seed": "1"},
-            tags={"lab.job_uid": f"launch-{name}", "lab.kind": "job"}
-            | {"lab.host": socket.gethostname(), "lab.pid": str(dead.pid)},
+            tags={"lab.host": socket.gethostname(), "lab.pid": str(dead.pid)},
         )
         record.save()
         records.append((record, Publisher(uri).publish(record)))  # its start reached MLflow
@@ -265,14 +253,13 @@ def test_reap_leaves_a_run_whose_record_says_it_finished_to_sync(
     assert client.get_run(cut_off_id).info.status == "FAILED"
 
 
-def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migrated_store: Path) -> None:
+def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, store_uri: str) -> None:
     """A RUNNING run's ``lab.pid`` may name another process by the time `reap` looks (a
     pid is given to a new process once its own is gone), or a zombie, or a process of an
     earlier boot: those runs are abandoned. A live process that started when
     ``lab.pid_start`` says is not, nor is a live pid of a run tagged before lab wrote
     ``lab.pid_start`` or recorded in another pid namespace (which this one cannot check)."""
-    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = store_uri
     alive = subprocess.Popen(["sleep", "600"])
     zombie = subprocess.Popen(["sleep", "0.2"])  # exits, and is not waited for until the end
     try:
@@ -294,18 +281,9 @@ def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, migr
         }
         run_ids = {}
         for name, (pid, start, _) in cases.items():
-            (tmp_path / "outputs" / name.replace(" ", "_")).mkdir(parents=True)
             pid_tags = {"lab.pid": str(pid)} | ({} if start is None else {"lab.pid_start": start})
-            record = JobRecord(
-                uid=f"launch-{name}",
-                job_dir=str(tmp_path / "outputs" / name.replace(" ", "_")),
-                run_name=name,
-                experiment="lab",
-                tracking_uri=uri,
-                status="RUNNING",
-                start_time=1_700_000_000_000,
-                tags={"lab.job_uid": f"launch-{name}", "lab.kind": "job", "lab.host": socket.gethostname()} | pid_tags,
-            )
+            tags = {"lab.host": socket.gethostname()} | pid_tags
+            record = job_record(uri, tmp_path / "outputs" / name.replace(" ", "_"), name, tags=tags)
             record.save()
             run_ids[name] = Publisher(uri).publish(record)
 

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from lab import outputs
 from lab.config import job_container
-from lab.provenance import config_fingerprint, environment_tags, process_start
+from lab.provenance import config_fingerprint, environment_tags, process_start, process_state
 from lab.publishing import (
     configure_client_env,
     note_pending,
@@ -909,10 +909,10 @@ def _stop_workers(spare: int | None, grace_s: float = 5.0) -> None:
         for pid in _child_pids():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if pid != spare and b"resource_tracker" not in cmdline and state != "Z":
+            state = process_state(pid)
+            if pid != spare and b"resource_tracker" not in cmdline and state is not None and state[0] != "Z":
                 found.append(pid)
         return found
 
