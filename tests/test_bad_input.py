@@ -66,6 +66,29 @@ CASES = [
         "hydra.sweeper.params.model.C: unknown key; a new key of this mapping is added with '+': "
         "+hydra.sweeper.params={model.C: …}",
     ),
+    (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),
+    (["tracking.uri=sqlite:///:memory:"], "tracking.uri='sqlite:///:memory:': a database file"),
+    (["tracking.uri=http://"], "tracking.uri='http://': a server's address, e.g. http://127.0.0.1:5000"),
+    # where a job writes: its own dir, inside which its .hydra files stay, and a named log
+    (["hydra.output_subdir=/tmp/abs"], "hydra.output_subdir='/tmp/abs': null, or a relative dir inside the job's"),
+    (["--multirun", "seed=1,2", "hydra.output_subdir=../x"], "hydra.output_subdir='../x': null, or a relative dir"),
+    (["hydra.job.name="], "hydra.job.name='': a non-empty name: the job's log is <name>.log"),
+    (
+        ["--multirun", "seed=1,2", "hydra.sweep.subdir=x"],
+        "hydra.sweep.subdir='x': a dir of each job's own, but job #0 writes into ",
+    ),
+    (["--multirun", "seed=1", "hydra.sweep.subdir=."], "hydra.sweep.subdir='.': a relative dir below the sweep dir"),
+    (["--multirun", "seed=1,2", "hydra.sweep.subdir=/tmp/x"], "hydra.sweep.subdir='/tmp/x': a relative dir below"),
+    # a sweep that gives no job, or cannot be enumerated
+    (["--multirun", "seed=range(1,1)"], "seed='range(1,1)': a sweep of at least one value"),
+    (["--multirun", "model.C=1,2", "seed=range(3,1)"], "seed='range(3,1)': a sweep of at least one value"),
+    (["--multirun", "model=glob(nomatch*)"], "model='glob(nomatch*)': a sweep of at least one value"),
+    (["--multirun", "seed=range(1,3,0)"], "seed='range(1,3,0)': a sweep Hydra can enumerate (range() arg 3 must"),
+    (["--multirun", "search=optuna", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: an integer >= 1"),
+    (
+        ["--multirun", "search=optuna", "hydra.sweeper.direction=sideways"],
+        "hydra.sweeper.direction='sideways': minimize or maximize, or a list of them",
+    ),
     (["tracking.uri=file:./mlruns"], "tracking.uri='file:./mlruns': scheme 'file' is not supported"),
     (["tracking.uri=ftp://host/x"], "scheme 'ftp' is not supported"),
     (["model.C=("], "malformed override: Error parsing override 'model.C=('"),
@@ -142,6 +165,28 @@ def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str
     assert not (cli.cwd / "outputs").exists()
     assert not (cli.cwd / "mlflow.db").exists()
     assert not (cli.cwd / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["hydra.run.dir="], "error: hydra.run.dir='': a dir for the run (lab's default: outputs/runs/"),
+        (["--multirun", "seed=1,2", "hydra.sweep.dir="], "error: hydra.sweep.dir='': a dir for the sweep"),
+        (
+            ["--multirun", "seed=1,2", "hydra.sweep.dir=/proc/lab-test"],
+            "error: hydra.sweep.dir='/proc/lab-test': a dir that can be created here (No such file or directory)",
+        ),
+    ],
+    ids=["empty run dir", "empty sweep dir", "sweep dir that cannot be made"],
+)
+def test_an_output_dir_that_is_empty_or_cannot_be_made_is_refused(cli: Cli, args: list[str], expected: str) -> None:
+    """Hydra takes an empty dir for the working dir: the outputs would land in it."""
+    before = sorted(cli.cwd.iterdir())
+    res = cli.run(*args)
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert res.stderr.startswith(expected), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(cli.cwd.iterdir()) == before  # nothing written, here or in a store
 
 
 WITHOUT_RAY = """

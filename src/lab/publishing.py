@@ -73,9 +73,15 @@ def resolve_experiment(name: str | None) -> str:
 
 def check_uri(uri: str) -> str | None:
     """Why ``uri`` cannot be used, or None. The ``file:`` store refuses to start in MLflow 3."""
-    scheme = urlsplit(uri).scheme.split("+")[0]
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
     if scheme not in SUPPORTED_SCHEMES:
         return f"scheme {scheme or '(none)'!r} is not supported; use one of " + ", ".join(SUPPORTED_SCHEMES)
+    if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri.rstrip("/") == "sqlite:" or ":memory:" in uri):
+        # sqlite:// and sqlite:///:memory: are in-memory stores: they vanish with the process that writes them
+        return "a database file, e.g. sqlite:///mlflow.db (relative) or sqlite:////abs/path/mlflow.db"
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"a server's address, e.g. {scheme}://127.0.0.1:5000"
     return None
 
 

@@ -9,11 +9,13 @@ reported by :class:`lab.tracking.TrackingCallback` once the sweep is over.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -36,8 +38,16 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     params = sweeper._parse_config()
     params.extend(arguments)
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
-    batches = sweeper.split_arguments(overrides, sweeper.max_batch_size)
+    try:
+        batches = sweeper.split_arguments(overrides, sweeper.max_batch_size)
+    except ValueError as exc:  # range(1,3,0)
+        raise fail(describe(_sweep_problem(overrides) or exc) or f"error: {exc}") from None
 
+    n_jobs = sum(len(b) for b in batches)
+    if n_jobs == 0:
+        no_jobs = ConfigError("--multirun", " ".join(o.input_line or "" for o in overrides), "at least one job")
+        raise fail(describe(_sweep_problem(overrides) or no_jobs) or "")
+    job_dirs: dict[str, int] = {}  # a job's dir -> the first job that writes into it
     with hydra_config(sweeper.config):
         for idx, job in enumerate(job for batch in batches for job in batch):
             try:
@@ -46,19 +56,23 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
                     cfg.hydra.job.id = cfg.hydra.job.num = idx
                 with job_hydra_config(cfg):
                     check_launch_wide(sweeper.config, check_job(cfg))
+                    _check_own_dir(cfg, idx, job_dirs)
             except Exception as exc:  # a usage error gets one line naming its job; others go on up
                 message = describe(exc)
                 if message is None:
                     raise
                 raise fail(f"{message} (in sweep job: {' '.join(job)})") from None  # fail redacts
-    n_jobs = sum(len(b) for b in batches)
+
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = ConfigError("hydra.sweep.dir", str(sweep_dir), f"a dir that can be created here ({exc.strerror})")
+        raise fail(describe(error) or str(error)) from None
     for callback in sweeper.hydra_context.callbacks.callbacks:
         hook: Any = getattr(callback, "on_sweep_validated", None)
         if hook is not None:
             hook(config=sweeper.config, n_jobs=n_jobs)
-
-    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(sweeper.config, sweep_dir / "multirun.yaml")
     returns: list[list[JobReturn]] = []
     done = 0
@@ -67,6 +81,38 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
         done += len(batch)
         returns.append(list(results))
     return returns
+
+
+def _sweep_problem(overrides: list[Override]) -> ConfigError | None:
+    """The first sweep override that gives no value (``seed=range(1,1)``,
+    ``model=glob(nomatch*)``) or cannot be enumerated (``seed=range(1,3,0)``), else None."""
+    for override in overrides:
+        if not override.is_sweep_override():
+            continue
+        key, value = override.get_key_element(), override.get_value_string()
+        try:
+            values = list(override.sweep_string_iterator())
+        except ValueError as exc:
+            return ConfigError(key, value, f"a sweep Hydra can enumerate ({exc})")
+        except Exception:  # noqa: BLE001 - interval() and other sweeps Hydra does not enumerate here
+            continue
+        if not values:
+            return ConfigError(key, value, "a sweep of at least one value")
+    return None
+
+
+def _check_own_dir(cfg: DictConfig, idx: int, job_dirs: dict[str, int]) -> None:
+    """Job ``idx`` writes into a dir no earlier job of the sweep writes into: jobs sharing
+    one (``hydra.sweep.subdir=x``) would overwrite each other's outputs, and the sweep's
+    summary would count one job. Raises :class:`ConfigError`."""
+    job_dir = os.path.normpath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
+    first = job_dirs.setdefault(job_dir, idx)
+    if first != idx:
+        raise ConfigError(
+            "hydra.sweep.subdir",
+            str(cfg.hydra.sweep.subdir),
+            f"a dir of each job's own, but job #{first} writes into {job_dir} too (lab's default: ${{hydra.job.num}})",
+        )
 
 
 def check_launch_wide(launch: DictConfig, job: TrainConfig) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 USAGE_EXIT = 2
+SWEEP_DIR_ALLOWED = "a dir for the sweep (lab's default: outputs/sweeps/${now:…})"
 
 
 class UsageError(SystemExit):
@@ -56,14 +58,63 @@ class UsageError(SystemExit):
 
 
 def check_job(cfg: DictConfig) -> TrainConfig:
-    """Validate one composed job config; raises :class:`ConfigError`."""
+    """Validate one composed job config (and, when it holds one, its ``hydra`` node's
+    output paths); raises :class:`ConfigError`."""
     typed = to_typed(cfg)
+    if "hydra" in cfg:
+        check_output_paths(cfg)
     if typed.tracking.enabled:
         uri = resolve_uri(typed.tracking.uri)
         problem = check_uri(uri)
         if problem:
             raise ConfigError("tracking.uri", uri.split("@")[-1], problem)
     return typed
+
+
+def check_output_paths(cfg: DictConfig) -> None:
+    """The Hydra settings that say where a job writes (``hydra.run.dir``, or
+    ``hydra.sweep.dir`` and ``hydra.sweep.subdir``; ``hydra.output_subdir``;
+    ``hydra.job.name``, which names its log) must give it a dir of its own. Hydra takes an
+    empty dir for the working dir (the repository), and an ``output_subdir`` outside the
+    job's dir is shared by every job of a sweep, which then reads another job's overrides
+    as its own. Raises :class:`ConfigError`."""
+    from hydra.types import RunMode
+
+    hydra = cfg.hydra
+    if OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN:
+        _need_path("hydra.sweep.dir", hydra.sweep.dir, SWEEP_DIR_ALLOWED)
+        _need_path(
+            "hydra.sweep.subdir",
+            hydra.sweep.subdir,
+            "a relative dir below the sweep dir, one for each job (lab's default: ${hydra.job.num})",
+            inside=True,
+            below=True,
+        )
+    else:
+        _need_path("hydra.run.dir", hydra.run.dir, "a dir for the run (lab's default: outputs/runs/${now:…})")
+    subdir = hydra.output_subdir
+    if subdir is not None:
+        _need_path(
+            "hydra.output_subdir",
+            subdir,
+            "null, or a relative dir inside the job's dir (Hydra's default: .hydra)",
+            inside=True,
+        )
+    if hydra.job.name == "":
+        raise ConfigError("hydra.job.name", "", "a non-empty name: the job's log is <name>.log")
+
+
+def _need_path(key: str, value: Any, allowed: str, *, inside: bool = False, below: bool = False) -> None:
+    """``value`` is a non-empty path; with ``inside``, a relative one that does not leave
+    its base dir; with ``below``, also not the base dir itself."""
+    text = str(value) if value is not None else ""
+    normal = os.path.normpath(text) if text.strip() else ""
+    if (
+        not normal
+        or (inside and (os.path.isabs(normal) or normal == ".." or normal.startswith("../")))
+        or (below and normal == ".")
+    ):
+        raise ConfigError(key, text, allowed)
 
 
 def describe(exc: BaseException) -> str | None:
@@ -207,6 +258,8 @@ class ValidationCallback(Callback):
             check_job(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with refused_as_usage(config):  # here, before lab's tracking pins it (an empty dir: the cwd)
+            _need_path("hydra.sweep.dir", config.hydra.sweep.dir, SWEEP_DIR_ALLOWED)
         # lab's sweeper checks every job before the first; Optuna's knows a trial's values
         # only when it proposes it (and Hydra's basic one composes each job when it runs
         # it), but a bad fixed override (`split.test_size=2`) would fail every job: the
@@ -232,9 +285,25 @@ class ValidationCallback(Callback):
             except Exception:  # noqa: BLE001 - checked in each trial
                 pass
             _check_search_keys(config, keys)
-        n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
-        if "optuna" in sweeper and isinstance(n_trials, int) and n_trials < 1:
-            raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
+        if "optuna" in sweeper:
+            _check_optuna_settings(config)
+
+
+def _check_optuna_settings(config: DictConfig) -> None:
+    """Settings the Optuna sweeper would refuse only after the launch's parent run exists."""
+    n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    if isinstance(n_trials, int) and n_trials < 1:
+        raise fail(describe(ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")) or "")
+    n_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=None)
+    if isinstance(n_jobs, int) and n_jobs < 1:  # the plugin's loop would never end
+        raise fail(describe(ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1 (trials per batch)")) or "")
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    directions = list(direction) if isinstance(direction, ListConfig) else [direction]
+    names = [getattr(d, "name", d) for d in directions]  # hydra_plugins' Direction enum, or its name
+    if not names or any(str(n).lower() not in ("minimize", "maximize") for n in names):
+        shown = OmegaConf.to_container(direction) if isinstance(direction, ListConfig) else str(direction)
+        allowed = "minimize or maximize, or a list of them (one for each objective)"
+        raise fail(describe(ConfigError("hydra.sweeper.direction", shown, allowed)) or "")
 
 
 def _replaced_per_job(config: DictConfig, key: str, searched: list[str]) -> bool:
