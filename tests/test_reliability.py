@@ -103,6 +103,24 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     assert "killed" in (cli.cwd / "outputs" / "sweep" / "summary.md").read_text().lower()
 
 
+@pytest.mark.slow
+def test_a_signal_delivered_twice_counts_once(cli: Cli) -> None:
+    """A Ctrl-C sent to the process group of `uv run lab.train` without a terminal reaches
+    lab twice: from the kill, and forwarded by uv. The second must not cut off the first's
+    clean end (it used to kill the launcher at once: the parent ended FAILED, no summary)."""
+    proc = start(cli, "--multirun", "seed=1,2,3,4,5,6", "model=random_forest", "hydra.sweep.dir=outputs/sweep")
+    wait_for_line(proc, "[2/6] ")
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)  # the first one handled: lab is unwinding
+    os.kill(proc.pid, signal.SIGINT)  # what uv forwards
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    [parent] = kinds(store_runs(cli.uri), "sweep")
+    assert parent.info.status == "KILLED"
+    assert "lab: sweep killed" in out
+    assert (cli.cwd / "outputs" / "sweep" / "summary.md").exists()
+
+
 # Stops a job in the few ms between Hydra creating its dir and lab's on_job_start writing
 # its record, for as long as a test needs: a module in the CLI's working dir, which
 # `python -m` puts on sys.path (forked and loky workers inherit it).

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 from mlflow.entities import Run
 
+from lab.reproduce import changes_report
 from tests.conftest import Cli, Result
 from tests.test_cli import by_kind, runs
 
@@ -296,3 +297,14 @@ def test_a_config_that_no_longer_validates_gives_exit_2(cli: Cli) -> None:
         "model.penalty: unknown key; allowed: C, max_iter, name, solver"
     )
     assert not (cli.cwd / "outputs" / "reproductions").exists()
+
+
+def test_nothing_changed_is_not_claimed_between_two_dirty_trees() -> None:
+    """lab records the commit and lab.git_dirty, not the uncommitted changes: between two
+    dirty trees it cannot say that nothing changed."""
+    line = "  lab.sklearn_version: 0.0.1 -> 1.9.1"
+    assert changes_report([line], dirty=True) == "changed since the original:\n" + line
+    assert changes_report([], dirty=False) == "changed since the original: nothing"
+    both_dirty = changes_report([], dirty=True)
+    assert both_dirty.startswith("changed since the original: nothing that lab records, but ")
+    assert "uncommitted changes (lab.git_dirty=true)" in both_dirty

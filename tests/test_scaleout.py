@@ -368,6 +368,39 @@ def test_ray_job_failure_is_a_failed_child_and_fails_the_sweep(cli: Cli, cluster
     assert "FAILED" in (cli.cwd / "outputs" / "sweep" / "summary.csv").read_text()
 
 
+@pytest.mark.timeout(600)
+def test_a_terminated_ray_launch_ends_killed(cli: Cli, cluster: Cluster) -> None:
+    """ray.init replaces the launcher's SIGTERM handler and Ray's core worker installs a
+    native one that aborts: a `kill` used to end the launcher with SIGABRT and the sweep's
+    parent FAILED ("the launching process ended"). Now it is lab's: exit 143, parent KILLED,
+    the jobs not yet run cancelled."""
+    env = {"MLFLOW_TRACKING_URI": cluster.tracking_uri, "MLFLOW_EXPERIMENT_NAME": "ray-sigterm", **driver_env(cluster)}
+    jobs = ["seed=range(1,13)", "model=random_forest", "model.n_estimators=300", "data=digits"]
+    ray_sweep = [*jobs, "tracking=server", "hydra/launcher=ray", "hydra.sweep.dir=outputs/sweep"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.train", "--multirun", *ray_sweep],
+        cwd=cli.cwd,
+        env=cli.env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list((cli.cwd / "outputs" / "sweep").glob("*/metrics.json")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "lab: interrupted (SIGTERM)" in err
+    all_runs = store_runs(cluster.tracking_uri, "ray-sigterm")
+    [parent] = kind(all_runs, "sweep")
+    assert parent.info.status == "KILLED"
+    assert {r.info.status for r in all_runs} <= {"FINISHED", "KILLED"}
+    assert len(kind(all_runs, "job")) < 12  # the jobs not started never ran
+
+
 # --- forked workers on PostgreSQL -------------------------------------------------------
 
 

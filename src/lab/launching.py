@@ -27,6 +27,7 @@ return) is as Hydra does it; a test compares both launchers' results field by fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
@@ -556,7 +557,14 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     log.info(f"Ray Launcher is launching {len(job_overrides)} jobs, sweep output dir: {sweep_dir}")
     # as the plugin (conf/hydra/launcher/ray.yaml sets the key, to null: Ray's own default)
     launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
+    # ray.init replaces the launcher's SIGTERM handler (with sys.exit), and its core worker
+    # installs a native one that aborts the process: a `kill` left the sweep's parent
+    # RUNNING. lab's handlers are put back, so that a signal ends the launch as elsewhere.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     start_ray(launcher.ray_cfg.init)
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
     remote: dict[str, Any] = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True)  # type: ignore[assignment]
     task = ray.remote(**remote)(_run_ray_job) if remote else ray.remote(_run_ray_job)
     launch_id, launch = _pack_launch(launcher)
@@ -570,7 +578,16 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
         # hydra.runtime.cwd and hydra.job.env_copy from the worker's node
         sweep_config = _compose_sweep_job(launcher.hydra_context, launcher.config, *job, "job_id_for_{idx}")
         runs.append(task.remote(launch_id, holder, sweep_config))
-    return [ray.get(run) for run in runs]
+    try:
+        return [ray.get(run) for run in runs]
+    except BaseException:
+        # interrupted, or a task failed to run: jobs not started never start, and a job in
+        # flight gets a KeyboardInterrupt in its worker (its run ends KILLED there), rather
+        # than running on until Ray shuts down
+        for run in runs:
+            with contextlib.suppress(Exception):
+                ray.cancel(run)
+        raise
 
 
 def _run_ray_job(launch_id: str, holder: list[Any], sweep_config: DictConfig) -> JobReturn:

@@ -59,6 +59,7 @@ __all__ = [
     "PROVENANCE_TAGS",
     "Original",
     "Reproduction",
+    "changes_report",
     "environment_changes",
     "find_original",
     "load_config",
@@ -549,12 +550,28 @@ def report(original: Original, reproduction: Reproduction) -> int:
     if original.run_id is None:
         print("changed since the original: unknown (no original run, so no record of its environment)")
         return DIFFERENT_EXIT
-    changes = environment_changes(original.tags, environment_tags())
+    now_tags = environment_tags()
+    changes = environment_changes(original.tags, now_tags)
     then, now = original.tags.get("lab.config_sha256"), config_fingerprint(original.job_config)
     if then is not None and then != now:
         changes.append(f"  lab.config_sha256 (the resolved config): {then} -> {now}")
-    print("changed since the original:" + ("\n" + "\n".join(changes) if changes else " nothing"))
+    dirty = original.tags.get("lab.git_dirty") == "true" and now_tags.get("lab.git_dirty") == "true"
+    print(changes_report(changes, dirty=dirty))
     return DIFFERENT_EXIT
+
+
+def changes_report(changes: list[str], *, dirty: bool) -> str:
+    """What changed since the original, from :func:`environment_changes`; ``dirty``: the
+    original and now both ran from a tree with uncommitted changes, which lab does not
+    record (only the commit and ``lab.git_dirty``), so "nothing" cannot be said."""
+    if changes:
+        return "changed since the original:\n" + "\n".join(changes)
+    if dirty:
+        return (
+            "changed since the original: nothing that lab records, but both ran from a working tree with "
+            "uncommitted changes (lab.git_dirty=true), which lab does not record: those may differ"
+        )
+    return "changed since the original: nothing"
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 QUEUE_DIR = ".lab-queue"
 OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
+REPEAT_S = 1.0  # a signal repeated within this long after the first is the same one, delivered twice
 
 
 class Interrupted(KeyboardInterrupt):
@@ -157,6 +158,12 @@ def refused() -> None:
         _launching._refused = True
 
 
+def received_signal() -> int | None:
+    """The SIGINT or SIGTERM that interrupted the launch, if one did. An interrupt may reach
+    lab.train as a plain KeyboardInterrupt (Ray's ``ray.get`` raises its own)."""
+    return _launching._signal if _launching is not None else None
+
+
 class TrackingCallback(Callback):
     """Hydra callback: outputs-dir records, MLflow runs, a progress line per job."""
 
@@ -166,7 +173,8 @@ class TrackingCallback(Callback):
         self._publisher_assigned = False  # it was told what to publish (_assign_publisher)
         self._config: DictConfig | None = None
         self._done = False
-        self._signal: int | None = None
+        self._signal: int | None = None  # the first SIGINT or SIGTERM, and when it came
+        self._signal_at = 0.0
         self._sweep_saved = False  # this process has seen the sweep's record written
         self._ending = False  # _finish is recording the launch's end: signals wait
         self._opening_store = False  # MLflow may be creating the store (DDL): signals wait
@@ -184,6 +192,7 @@ class TrackingCallback(Callback):
             "_config": None,
             "_done": True,
             "_signal": None,
+            "_signal_at": 0.0,
             "_sweep_saved": False,
             "_ending": False,
             "_opening_store": False,
@@ -193,10 +202,18 @@ class TrackingCallback(Callback):
         }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum
-        # A second signal while we are already unwinding exits at once.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        now = time.monotonic()
+        if self._signal is not None:
+            if signum == self._signal and now - self._signal_at < REPEAT_S:
+                # The same interrupt, delivered twice: `uv run` without a terminal forwards
+                # a SIGINT to its child, which a `kill` of the process group has also sent.
+                return
+            # A second signal while we are already unwinding exits at once.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._signal, self._signal_at = signum, now
         if self._ending:
             # Every job has returned and the launch's end is being recorded (summary, plot,
             # parent run; about a second): cut off, it would leave the parent RUNNING and

@@ -20,6 +20,7 @@ if __name__ == "__main__":
 
 import logging
 import os
+import signal
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -71,8 +72,9 @@ def main() -> None:
         _refused()
         sys.exit(exc.code)
     except KeyboardInterrupt as exc:
-        print(f"lab: interrupted ({exc})", file=sys.stderr)
-        sys.exit(128 + getattr(exc, "signum", 2))
+        signum = getattr(exc, "signum", None) or _received_signal() or signal.SIGINT
+        print(f"lab: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        sys.exit(128 + signum)
     except Exception as exc:  # noqa: BLE001 - reported briefly; the traceback is in the job dir
         message = describe(exc)
         frame = _raised_by_hydra(exc) if message is None else None
@@ -88,6 +90,11 @@ def main() -> None:
         from lab import publishing
 
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
+
+
+def _received_signal() -> int | None:
+    tracking = sys.modules.get("lab.tracking")
+    return tracking.received_signal() if tracking is not None else None
 
 
 def _refused() -> None:
