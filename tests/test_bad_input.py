@@ -84,6 +84,21 @@ CASES = [
     (["--multirun", "model.C=1,2", "seed=range(3,1)"], "seed='range(3,1)': a sweep of at least one value"),
     (["--multirun", "model=glob(nomatch*)"], "model='glob(nomatch*)': a sweep of at least one value"),
     (["--multirun", "seed=range(1,3,0)"], "seed='range(1,3,0)': a sweep Hydra can enumerate (range() arg 3 must"),
+    # every value a search can draw is checked before the first trial, as every job of a grid
+    (
+        ["--multirun", "search=optuna", "data=choice(iris,foo)"],
+        "data='foo': unknown option; choose one of: breast_cancer, digits, iris, wine "
+        "(in the search space: data=choice(iris,foo))",
+    ),
+    (["--multirun", "search=optuna", "model.solver=choice(lbfgs,bogus)"], "model.solver='bogus': one of lbfgs"),
+    (
+        ["--multirun", "search=optuna", "split.test_size=interval(0.1,1.5)"],
+        "split.test_size=1.5: a number > 0 and < 1 (in the search space: split.test_size=interval(0.1,1.5))",
+    ),
+    (
+        ["--multirun", "search=optuna", "model.C=interval(1,0)"],
+        "model.C='interval(1,0)': a search space Optuna accepts: The `low` value must be smaller",
+    ),
     (["--multirun", "search=optuna", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: an integer >= 1"),
     (
         ["--multirun", "search=optuna", "hydra.sweeper.direction=sideways"],

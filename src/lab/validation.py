@@ -285,6 +285,8 @@ class ValidationCallback(Callback):
             except Exception:  # noqa: BLE001 - checked in each trial
                 pass
             _check_search_keys(config, keys)
+            if "optuna" in sweeper:
+                _check_search_space(config, first)
         if "optuna" in sweeper:
             _check_optuna_settings(config)
 
@@ -322,6 +324,65 @@ def _replaced_per_job(config: DictConfig, key: str, searched: list[str]) -> bool
     if any(k in choices for k in varied):
         return True
     return key in varied and key not in fixed
+
+
+def _check_search_space(config: DictConfig, first: DictConfig) -> None:
+    """Every value an Optuna search can give a key must be allowed, as every job of a grid
+    sweep is checked before the first runs: each option of a ``choice`` (a group's option
+    too) and both ends of a ``range`` or ``interval``. Found only when a trial draws it, a
+    bad one failed that trial, or stopped the search half-way (exit 2) once trials had run.
+
+    ``first`` is the launch's config numbered as its first job. The search space is the
+    sweeper's ``params`` and the sweeps on the command line. Leaf keys are not checked when
+    a group is searched: which keys exist then depends on the trial."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    searched = [str(key) + "=" + str(value) for key, value in params.items()] if isinstance(params, DictConfig) else []
+    try:
+        parsed = OverridesParser.create().parse_overrides([*searched, *task_overrides(config)])
+    except Exception:  # noqa: BLE001 - e.g. glob(), which needs the config loader: each trial checks its own
+        return
+    space = [o for o in parsed if o.is_sweep_override()]
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    group_searched = any(o.key_or_group in choices for o in space)
+    for override in space:
+        key, text = override.key_or_group, override.get_value_string()
+        where = f" (in the search space: {key}={text})"
+        try:
+            create_optuna_distribution_from_override(override)
+        except (ValueError, AssertionError) as exc:
+            raise fail(describe(ConfigError(key, text, f"a search space Optuna accepts: {exc}")) or "") from None
+        value = override.value()
+        if isinstance(value, IntervalSweep):
+            candidates: list[Any] = [value.start, value.end]
+        elif isinstance(value, RangeSweep):
+            every = list(override.sweep_iterator())
+            candidates = every[:1] + every[-1:]
+        else:
+            candidates = list(override.sweep_iterator())
+        if key in choices:
+            loader = GlobalHydra.instance().config_loader()
+            options = sorted(loader.get_group_options(key))
+            for option in candidates:
+                if str(option) not in options:
+                    allowed = "unknown option; choose one of: " + ", ".join(o for o in options if not o.startswith("_"))
+                    raise fail((describe(ConfigError(key, option, allowed)) or "") + where)
+            continue
+        if group_searched or override.key_or_group.startswith(("+", "~")) or override.is_delete():
+            continue
+        for candidate in candidates:
+            trial = copy.deepcopy(first)
+            try:
+                OmegaConf.update(trial, key, candidate, merge=False)
+                with job_hydra_config(trial):
+                    check_job(trial)
+            except (ConfigError, OmegaConfBaseException) as exc:
+                named = exc.key if isinstance(exc, ConfigError) else getattr(exc, "full_key", None)
+                if named == key:  # another key's problem is that key's, or its trial's
+                    raise fail((describe(exc) or str(exc)) + where) from None
 
 
 def _check_search_keys(config: DictConfig, keys: list[str]) -> None:
