@@ -642,10 +642,13 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
 
 def quiet_mlflow_logging() -> None:
     """MLflow logs store migrations at INFO and a pip-version warning per model; the
-    publisher reports failures itself, so keep only MLflow's errors."""
+    publisher reports failures itself, so keep only MLflow's errors. Not the SQL store's
+    (a locked or unreachable database): it logs each with its whole traceback (~90 lines)
+    before raising it, and lab reports the error it raises in one line."""
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 # --- starting and instructing the background publisher (launching process side) ---------
