@@ -20,7 +20,7 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lab.config import ConfigError, TrainConfig
-from lab.validation import check_job, describe, fail, hydra_config, job_hydra_config
+from lab.validation import DEFAULT_SUBDIR, check_job, describe, fail, hydra_config, job_hydra_config, sweep_subdir
 
 __all__ = ["LAUNCH_WIDE", "check_launch_wide", "run_sweep"]
 
@@ -105,13 +105,15 @@ def _check_own_dir(cfg: DictConfig, idx: int, job_dirs: dict[str, int]) -> None:
     """Job ``idx`` writes into a dir no earlier job of the sweep writes into: jobs sharing
     one (``hydra.sweep.subdir=x``) would overwrite each other's outputs, and the sweep's
     summary would count one job. Raises :class:`ConfigError`."""
-    job_dir = os.path.normpath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)))
-    first = job_dirs.setdefault(job_dir, idx)
+    subdir = sweep_subdir(cfg)
+    if subdir is None:  # the default: the job's number
+        return
+    first = job_dirs.setdefault(os.path.normpath(subdir), idx)
     if first != idx:
         raise ConfigError(
             "hydra.sweep.subdir",
-            str(cfg.hydra.sweep.subdir),
-            f"a dir of each job's own, but job #{first} writes into {job_dir} too (lab's default: ${{hydra.job.num}})",
+            subdir,
+            f"a dir of each job's own, but job #{first} writes into it too (lab's default: {DEFAULT_SUBDIR})",
         )
 
 
