@@ -345,11 +345,13 @@ def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "letting MLflow finish setting up its store" in stderr
-    client = mlflow.MlflowClient(tracking_uri=cli.uri)
-    assert [e.name for e in client.search_experiments()] == ["Default"]
+    # the launch, interrupted before any job, is recorded once the store is whole: its
+    # parent KILLED, as in a store that existed before
+    [parent] = store_runs(cli.uri)
+    assert (parent.data.tags["lab.kind"], parent.info.status) == ("sweep", "KILLED")
     res = cli.train("seed=3", "tracking.log_model=false")  # and it takes runs
     assert res.code == 0, res.stderr
-    assert [r.info.status for r in store_runs(cli.uri)] == ["FINISHED"]
+    assert [r.info.status for r in store_runs(cli.uri)] == ["KILLED", "FINISHED"]
 
 
 def _children(pid: int) -> list[int]:
