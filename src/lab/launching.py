@@ -559,11 +559,12 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)
     # ray.init replaces the launcher's SIGTERM handler (with sys.exit), and its core worker
     # installs a native one that aborts the process: a `kill` left the sweep's parent
-    # RUNNING. lab's handlers are put back, so that a signal ends the launch as elsewhere.
+    # RUNNING. lab's handlers (Python callables) are put back, so that a signal ends the
+    # launch as elsewhere; without them (SIG_DFL), Ray's stay, which shut Ray down at exit.
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     start_ray(launcher.ray_cfg.init)
     for signum, handler in handlers.items():
-        if handler is not None:
+        if callable(handler):
             signal.signal(signum, handler)
     remote: dict[str, Any] = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True)  # type: ignore[assignment]
     task = ray.remote(**remote)(_run_ray_job) if remote else ray.remote(_run_ray_job)
