@@ -91,6 +91,19 @@ class Cli:
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
+    def start(self, *args: str, stdout: int = subprocess.PIPE, **env: str) -> subprocess.Popen[str]:
+        """``lab.train`` with ``args``, started and not waited for; in its own process group,
+        like a shell job: ``os.killpg`` on it is a Ctrl-C in a terminal."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "lab.train", *args],
+            cwd=self.cwd,
+            env=self.env(**env),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
     def train(self, *overrides: str, **env: str) -> Result:
         return self.run(*overrides, "hydra.run.dir=outputs/run", **env)
 

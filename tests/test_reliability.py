@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,18 +34,6 @@ DOWN = "http://127.0.0.1:9"  # nothing listens there: connection refused
 
 def kinds(runs: list[Run], kind: str) -> list[Run]:
     return [r for r in runs if r.data.tags.get("lab.kind") == kind]
-
-
-def start(cli: Cli, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab.train", *args],
-        cwd=cli.cwd,
-        env=cli.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, like a shell job: killpg is a Ctrl-C
-    )
 
 
 def wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
@@ -81,7 +68,7 @@ def wait_for_job_in_flight(sweep: Path, started_after: float) -> None:
 def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     cli: Cli, launcher: str, signum: int, to_group: bool
 ) -> None:
-    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
+    proc = cli.start("--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
     wait_for_line(proc, "/6] ")  # one job done
     # a job started after that one ended (a random forest here takes over a second)...
     wait_for_job_in_flight(cli.cwd / "outputs" / "sweep", started_after=time.time() - 0.5)
@@ -108,7 +95,7 @@ def test_a_signal_delivered_twice_counts_once(cli: Cli) -> None:
     """A Ctrl-C sent to the process group of `uv run lab.train` without a terminal reaches
     lab twice: from the kill, and forwarded by uv. The second must not cut off the first's
     clean end (it used to kill the launcher at once: the parent ended FAILED, no summary)."""
-    proc = start(cli, "--multirun", "seed=1,2,3,4,5,6", "model=random_forest", "hydra.sweep.dir=outputs/sweep")
+    proc = cli.start("--multirun", "seed=1,2,3,4,5,6", "model=random_forest", "hydra.sweep.dir=outputs/sweep")
     wait_for_line(proc, "[2/6] ")
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.2)  # the first one handled: lab is unwinding
@@ -156,7 +143,7 @@ STALL_AT = {
 def interrupt_when_stalled(cli: Cli, *args: str, stalls: int = 1) -> None:
     """Run the CLI with ``args`` until ``stalls`` jobs are stalled, then Ctrl-C it."""
     (cli.cwd / "stall.py").write_text(STALL_MODULE)
-    proc = start(cli, *args)
+    proc = cli.start(*args)
     deadline = time.monotonic() + 60
     while len(list(cli.cwd.glob("stalled-*"))) < stalls:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -182,15 +169,7 @@ def test_interrupted_launch_says_which_records_are_pending(cli: Cli) -> None:
     that ends normally does: here publishing inline to a store that is down."""
     (cli.cwd / "stall.py").write_text(STALL_MODULE)
     args = ["--multirun", "seed=1,2", "hydra.sweep.dir=outputs/sweep", "tracking.background=false"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.train", *args, STALL_AT["hydra_files"]],
-        cwd=cli.cwd,
-        env=cli.env(MLFLOW_TRACKING_URI=DOWN),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = cli.start(*args, STALL_AT["hydra_files"], MLFLOW_TRACKING_URI=DOWN)
     deadline = time.monotonic() + 60
     while not list(cli.cwd.glob("stalled-*")):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -290,7 +269,7 @@ def test_single_run_interrupted_before_its_record_is_killed_too(cli: Cli, stall_
 
 @pytest.mark.slow
 def test_interrupted_single_run_is_killed(cli: Cli) -> None:
-    proc = start(cli, "model=random_forest", "model.n_estimators=3000", "data=digits", "hydra.run.dir=outputs/run")
+    proc = cli.start("model=random_forest", "model.n_estimators=3000", "data=digits", "hydra.run.dir=outputs/run")
     run_dir = cli.cwd / "outputs" / "run"
     deadline = time.monotonic() + 60
     while not (run_dir / "tracking.json").exists() and time.monotonic() < deadline:
@@ -307,7 +286,7 @@ def test_interrupted_single_run_is_killed(cli: Cli) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "forked"])
 def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> None:
-    proc = start(cli, "--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
+    proc = cli.start("--multirun", *SLOW_JOBS, "hydra.sweep.dir=outputs/sweep", *LAUNCHERS[launcher])
     sweep = cli.cwd / "outputs" / "sweep"
     deadline = time.monotonic() + 60
     pid = None
@@ -335,7 +314,7 @@ def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
     """Inline publishing creates a fresh sqlite store in the launcher (MLflow's migrations,
     seconds of DDL that sqlite cannot roll back there). A Ctrl-C then waits for it: cut off
     half-way, the store would be unusable for good."""
-    proc = start(cli, "--multirun", "seed=1,2", "tracking.background=false")
+    proc = cli.start("--multirun", "seed=1,2", "tracking.background=false")
     deadline = time.monotonic() + 60
     while not (cli.cwd / "mlflow.db").exists():
         assert time.monotonic() < deadline and proc.poll() is None, "no store created"
@@ -384,7 +363,7 @@ def test_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: Cli, lau
         args = [*SLOW_JOBS, *LAUNCHERS["forked"]]
     else:  # three loky workers for two jobs: one never gets a job
         args = ["seed=1,2", *SLOW_JOBS[1:], "hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
-    proc = start(cli, "--multirun", *args, "hydra.sweep.dir=outputs/sweep")
+    proc = cli.start("--multirun", *args, "hydra.sweep.dir=outputs/sweep")
     sweep = cli.cwd / "outputs" / "sweep"
     wait_for_job_in_flight(sweep, started_after=0)
     [publisher] = publishers_in(cli.cwd)
@@ -421,7 +400,7 @@ def test_workers_and_the_publisher_end_when_the_launcher_is_killed(cli: Cli, lau
 def test_a_single_run_killed_with_its_process_ends_killed(cli: Cli) -> None:
     """SIGKILL to a single run's process (the OOM killer): the publisher, in a session of its
     own, ends the open run KILLED and names the process that ended, on disk and in MLflow."""
-    proc = start(cli, *SLOW_JOBS[1:], "model.n_estimators=1000", "hydra.run.dir=outputs/run")
+    proc = cli.start(*SLOW_JOBS[1:], "model.n_estimators=1000", "hydra.run.dir=outputs/run")
     run_dir = cli.cwd / "outputs" / "run"
     deadline = time.monotonic() + 60
     while not (run_dir / "tracking.json").exists():
@@ -450,7 +429,7 @@ def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     # 20 jobs: the publisher creates the store while the first ones run, and may publish
     # them only once they are finished; the sweep's parent run stays RUNNING throughout.
     jobs = ["seed=range(1,21)", *SLOW_JOBS[1:]]
-    proc = start(cli, "--multirun", *jobs, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
+    proc = cli.start("--multirun", *jobs, "hydra.sweep.dir=outputs/sweep", *JOBLIB)
     sweep = cli.cwd / "outputs" / "sweep"
     deadline = time.monotonic() + 90
     # Not by polling the store: a client opening it while the publisher creates it would
@@ -614,8 +593,7 @@ def test_concurrent_writers_on_a_fresh_sqlite_store(cli: Cli) -> None:
     one fresh sqlite store: no lost run, no lock error, no migration race."""
     seeds = "seed=range(1,33)"
     procs = [
-        start(
-            cli,
+        cli.start(
             "--multirun",
             seeds,
             f"hydra.sweep.dir=outputs/sweep{i}",
@@ -722,7 +700,7 @@ def test_dead_publisher_leaves_the_launch_pending_not_silently_done(cli: Cli) ->
     pending, and `lab.runs sync` completes MLflow. The sweep's record, written by the first
     job on a forked worker, names the launcher's process and overrides."""
     task = [*SLOW_JOBS, "tracking.log_model=false"]
-    proc = start(cli, "--multirun", *task, "hydra.launcher.n_jobs=2", "hydra.sweep.dir=outputs/sweep")
+    proc = cli.start("--multirun", *task, "hydra.launcher.n_jobs=2", "hydra.sweep.dir=outputs/sweep")
     wait_for_line(proc, "[1/6]")
     sweep = cli.cwd / "outputs" / "sweep"
     tags = json.loads((sweep / "tracking.json").read_text())["tags"]
@@ -749,7 +727,7 @@ def test_dead_publisher_leaves_the_launch_pending_not_silently_done(cli: Cli) ->
 
 @pytest.mark.slow
 def test_interrupt_while_the_sweep_ends_leaves_no_run_running(cli: Cli) -> None:
-    proc = start(cli, "--multirun", "seed=1,2", "tracking.log_model=false", "hydra.sweep.dir=outputs/sweep")
+    proc = cli.start("--multirun", "seed=1,2", "tracking.log_model=false", "hydra.sweep.dir=outputs/sweep")
     sweep = cli.cwd / "outputs" / "sweep"
     deadline = time.monotonic() + 120
     while not (sweep / "summary.md").exists():  # written first; the plot and the parent's end follow

@@ -377,15 +377,7 @@ def test_a_terminated_ray_launch_ends_killed(cli: Cli, cluster: Cluster) -> None
     env = {"MLFLOW_TRACKING_URI": cluster.tracking_uri, "MLFLOW_EXPERIMENT_NAME": "ray-sigterm", **driver_env(cluster)}
     jobs = ["seed=range(1,13)", "model=random_forest", "model.n_estimators=300", "data=digits"]
     ray_sweep = [*jobs, "tracking=server", "hydra/launcher=ray", "hydra.sweep.dir=outputs/sweep"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.train", "--multirun", *ray_sweep],
-        cwd=cli.cwd,
-        env=cli.env(**env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = cli.start("--multirun", *ray_sweep, stdout=subprocess.DEVNULL, **env)  # Ray's worker logs: unread
     deadline = time.monotonic() + 300
     while not list((cli.cwd / "outputs" / "sweep").glob("*/metrics.json")):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
