@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -315,11 +316,7 @@ def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
     seconds of DDL that sqlite cannot roll back there). A Ctrl-C then waits for it: cut off
     half-way, the store would be unusable for good."""
     proc = cli.start("--multirun", "seed=1,2", "tracking.background=false")
-    deadline = time.monotonic() + 60
-    while not (cli.cwd / "mlflow.db").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "no store created"
-        time.sleep(0.005)
-    time.sleep(0.3)  # into the migrations
+    _wait_for_store_creation(cli, proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -331,6 +328,47 @@ def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
     res = cli.train("seed=3", "tracking.log_model=false")  # and it takes runs
     assert res.code == 0, res.stderr
     assert [r.info.status for r in store_runs(cli.uri)] == ["KILLED", "FINISHED"]
+
+
+def _wait_for_store_creation(cli: Cli, proc: subprocess.Popen[str]) -> None:
+    """Return once MLflow's migrations of a new store (built aside, as ``mlflow.db.creating``) are under way."""
+    deadline = time.monotonic() + 60
+    while not (cli.cwd / "mlflow.db.creating").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "no store created"
+        time.sleep(0.005)
+    time.sleep(0.3)  # into the migrations
+
+
+@pytest.mark.slow
+@pytest.mark.fresh_store
+def test_a_store_creation_killed_half_way_leaves_no_half_made_store(cli: Cli) -> None:
+    """SIGKILL to the launcher and its publisher (power loss, the OOM killer) while the
+    publisher creates the store (MLflow's migrations run in place and are not one
+    transaction): a store cut off there used to fail every later open with "table ...
+    already exists"."""
+    proc = cli.start("seed=1")
+    _wait_for_store_creation(cli, proc)
+    [publisher] = publishers_in(cli.cwd)  # in a session of its own: a kill of the launcher's group spares it
+    os.kill(publisher, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (cli.cwd / "mlflow.db").exists()  # a store is whole or absent
+    res = cli.train("seed=2", "tracking.log_model=false")
+    assert res.code == 0, res.stderr
+    assert [(r.data.params["seed"], r.info.status) for r in store_runs(cli.uri)] == [("2", "FINISHED")]
+    assert not (cli.cwd / "mlflow.db.creating").exists()
+
+
+def test_another_programs_database_is_not_made_a_store(cli: Cli) -> None:
+    """MLflow would add its tables to any sqlite file it is pointed at."""
+    (cli.cwd / "mlflow.db").unlink()
+    with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db, db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    res = cli.train("tracking.log_model=false")
+    assert res.code == 3, res.stderr
+    assert "is a database but not an MLflow store (no experiments, metrics, params, runs, tags table)" in res.stderr
+    with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db:
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
 
 
 def _children(pid: int) -> list[int]:

@@ -123,15 +123,50 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _use_wal(uri: str) -> None:
-    """Switch a sqlite store to WAL once (the mode is kept in the file): readers such as the
-    UI then never block the writer, and writers don't block readers. MLflow itself sets
-    ``busy_timeout = 20000`` on every session, which absorbs writer contention."""
-    if uri.startswith("sqlite:///"):
-        import sqlite3
+# tables every MLflow store has had from its first version on
+_CORE_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
 
-        with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+
+def _prepare_sqlite_store(uri: str) -> None:
+    """Create a missing sqlite store aside and rename it into place; refuse another
+    program's database. Called under :func:`_store_lock`.
+
+    Creating a store runs ~70 migrations (~2 s), which MLflow runs in place and not as
+    one transaction: a creation cut short (SIGKILL, power loss) left a file that MLflow
+    could neither use nor migrate ("table spans already exists"). Built beside it and
+    renamed, the store at ``path`` is whole or absent; a cut creation leaves only
+    ``<name>.creating``, which the next one replaces.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+        aside = path.with_name(f"{path.name}.creating")
+        for leftover in (aside, aside.with_name(f"{aside.name}-journal")):
+            leftover.unlink(missing_ok=True)
+        engine = create_sqlalchemy_engine(f"sqlite:///{aside}")  # type: ignore[no-untyped-call]
+        try:
+            _initialize_tables(engine)  # type: ignore[no-untyped-call]  # as SqlAlchemyStore() does
+        finally:
+            engine.dispose()
+        os.replace(aside, path)
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {name for name in tables if not name.startswith(("alembic_", "sqlite_"))}
+        if tables and not _CORE_TABLES.issubset(tables):
+            # MLflow would add its ~40 tables to it
+            raise RuntimeError(
+                f"{path} is a database but not an MLflow store (no "
+                f"{', '.join(sorted(_CORE_TABLES - tables))} table): set tracking.uri to another file"
+            )
+        # WAL, kept in the file: readers such as the UI then never block the writer, and
+        # writers don't block readers. MLflow sets ``busy_timeout = 20000`` on every
+        # session, which absorbs writer contention.
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 class Publisher:
@@ -149,10 +184,10 @@ class Publisher:
         quiet_mlflow_logging()
         self.uri = uri
         with _store_lock(uri):
-            # MlflowClient() itself creates or migrates a sqlite store
+            _prepare_sqlite_store(uri)
+            # MlflowClient() itself migrates an older store, and adds the Default experiment
             self.client: MlflowClient = mlflow.MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)
-            _use_wal(uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[str, str] = {}  # sweep uid -> parent run id
         self._runs: dict[str, str] = {}  # job uid -> run id, for runs made by this publisher
