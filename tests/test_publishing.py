@@ -24,6 +24,7 @@ from lab.provenance import process_context, process_start, process_state
 from lab.publishing import (
     Publisher,
     assign,
+    error_line,
     locked_requirements,
     may_publish_in_background,
     note_pending,
@@ -328,3 +329,36 @@ def test_reap_checks_that_the_pid_is_still_the_runs_process(tmp_path: Path, stor
 )
 def test_the_early_publisher_is_started_only_when_a_job_may_need_it(argv: list[str], wanted: bool) -> None:
     assert may_publish_in_background(argv, Path(CONFIG_DIR)) is wanted
+
+
+def test_a_locked_store_is_reported_by_its_driver_error_alone(tmp_path: Path) -> None:
+    """SQLAlchemy wraps "database is locked" in an autoflush note, the whole statement with
+    its parameters and a link; the line lab prints and writes to tracking.error.txt keeps
+    the driver's error."""
+    import sqlite3
+
+    import sqlalchemy
+    from sqlalchemy import orm
+
+    class Base(orm.DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = "rows"
+        id = sqlalchemy.Column(sqlalchemy.Integer, primary_key=True)
+
+    path = tmp_path / "locked.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+    Base.metadata.create_all(engine)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with orm.Session(engine) as session:
+            session.add(Row(id=1))
+            with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+                session.query(Row).all()  # flushes the insert first
+    finally:
+        holder.close()
+        engine.dispose()
+    assert "autoflush" in str(raised.value) and "[SQL: INSERT" in str(raised.value)
+    assert error_line(raised.value) == "OperationalError: (sqlite3.OperationalError) database is locked"

@@ -629,7 +629,17 @@ def error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "Caused by" in text:  # urllib3 buries "Connection refused" at the end
         text = text[text.rindex("Caused by") :]
+    # SQLAlchemy's: "(raised as a result of Query-invoked autoflush; ...) (sqlite3.
+    # OperationalError) database is locked [SQL: <statement>] [parameters: ...] (Background
+    # on this error at: <url>)": the driver's error is what says what happened
+    text = text.replace(_AUTOFLUSH_NOTE, "").partition(" [SQL: ")[0].partition(" (Background on this error")[0]
     return f"{type(exc).__name__}: {text}"
+
+
+_AUTOFLUSH_NOTE = (
+    "(raised as a result of Query-invoked autoflush; consider using a session.no_autoflush "
+    "block if this flush is occurring prematurely) "
+)
 
 
 def note_pending(record: JobRecord, reason: str) -> None:
