@@ -139,6 +139,10 @@ def test_failed_job_is_failed_run_with_traceback_and_others_still_run(cli: Cli) 
     assert ok.info.status == "FINISHED"
     assert bad.info.status == "FAILED"
     assert bad.data.tags["lab.error"].startswith("ValueError: split.n_splits=60")
+    assert parent.data.tags["lab.error"].startswith(
+        "1 of 2 jobs did not finish; #1 split=kfold split.n_splits=60: ValueError: split.n_splits=60"
+    )
+    assert (parent.data.metrics["jobs_failed"], parent.data.metrics["jobs_killed"]) == (1, 0)
     client = mlflow.MlflowClient(tracking_uri=cli.uri)
     path = client.download_artifacts(bad.info.run_id, "traceback.txt", str(cli.cwd))
     assert "Traceback" in Path(path).read_text()

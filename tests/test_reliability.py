@@ -83,8 +83,11 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     [parent] = kinds(runs, "sweep")
     children = kinds(runs, "job")
     assert parent.info.status == "KILLED"
+    assert parent.data.tags["lab.error"] == f"interrupted by {signal.Signals(signum).name}"
     assert {r.info.status for r in runs} <= TERMINAL
     assert any(c.info.status == "KILLED" for c in children)
+    for status in ("FAILED", "KILLED"):
+        assert parent.data.metrics[f"jobs_{status.lower()}"] == sum(c.info.status == status for c in children)
     assert all(c.data.tags["lab.error"].startswith("interrupted by SIG") for c in children if c.info.status == "KILLED")
     started = [d for d in (cli.cwd / "outputs" / "sweep").iterdir() if d.name.isdigit()]
     assert len(started) == len(children) < 6  # jobs never started created nothing

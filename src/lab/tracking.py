@@ -665,7 +665,10 @@ class TrackingCallback(Callback):
             record = self._sweep_record(config)
             record.status, record.end_time = final, _now_ms()
             record.artifacts = ["summary.csv", "summary.md", "report.png"]
-            record.metrics = {"jobs": len(summary.rows), "jobs_failed": len(summary.failed)}
+            record.metrics = {"jobs": len(summary.rows), **{f"jobs_{s}": counts[s] for s in ("failed", "killed")}}
+            if final != "FINISHED":
+                record.error = self._sweep_error(status, summary)
+                record.tags["lab.error"] = record.error[:5000]
             best = summary.best("accuracy")
             if best is not None:
                 record.tags["lab.best.config"] = best.config
@@ -687,6 +690,18 @@ class TrackingCallback(Callback):
             else:
                 self._publish_inline(lambda p: p.finish_parent(record), record)
         return summary
+
+    def _sweep_error(self, status: str | None, summary: Summary) -> str:
+        """Why the sweep did not finish, in one line, for its parent run's ``lab.error``."""
+        if status == "KILLED" and self._signal is not None:
+            return f"interrupted by {signal.Signals(self._signal).name}"
+        if status is not None:
+            return "the launcher stopped before the sweep ended"
+        first = summary.failed[0]
+        return (
+            f"{len(summary.failed)} of {jobs(len(summary.rows))} did not finish; "
+            f"#{first.job} {first.shown_overrides}: {first.error or first.status}"
+        )
 
     # --- job process -----------------------------------------------------------------
 
