@@ -60,7 +60,9 @@ def environment_tags() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        # untracked files count (a new conf/model/*.yaml the run used is not in the commit);
+        # ignored ones (outputs/, mlflow.db) do not
+        status = _git("status", "--porcelain")
         tags["lab.git_dirty"] = "true" if status else "false"
     return tags
 
