@@ -66,6 +66,14 @@ CASES = [
         "hydra.sweeper.params.model.C: unknown key; a new key of this mapping is added with '+': "
         "+hydra.sweeper.params={model.C: …}",
     ),
+    # Hydra's own multi-line messages, on one line: not cut after their first
+    (
+        ["--multirun", "seed=1,2", "+hydra.launcher.njobs=2"],
+        "LabLauncher': TypeError(\"LabLauncher.__init__() got an unexpected keyword argument 'njobs'\")",
+    ),
+    (["+hydra.callbacks.x._target_=os.system"], "blocklisted because it allows config data to control executable"),
+    (["tracking.uri="], "tracking.uri='': a tracking URI, or null for MLFLOW_TRACKING_URI"),
+    (["tracking.experiment="], "tracking.experiment='': an experiment name, or null for MLFLOW_EXPERIMENT_NAME"),
     (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),
     (["tracking.uri=sqlite:///:memory:"], "tracking.uri='sqlite:///:memory:': a database file"),
     (["tracking.uri=http://"], "tracking.uri='http://': a server's address, e.g. http://127.0.0.1:5000"),
@@ -129,6 +137,19 @@ CASES = [
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an integer >= 1, or -1 for one"),
     (["--multirun", "seed=1,2", "hydra.launcher.n_jobs=two"], "hydra.launcher.n_jobs: Value 'two' of type 'str'"),
     (["--multirun", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: an"),
+    # joblib's own rules, checked before the launch instead of failing it (exit 1, "0 jobs")
+    (
+        ["--multirun", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.prefer=bogus"],
+        "hydra.launcher.prefer='bogus': a value joblib takes (prefer=bogus is not a valid backend hint",
+    ),
+    (
+        ["--multirun", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.batch_size=0"],
+        "hydra.launcher.batch_size=0: a value joblib takes (batch_size must be 'auto' or a positive integer",
+    ),
+    (
+        ["--multirun", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.pre_dispatch=abc"],
+        "hydra.launcher.pre_dispatch='abc': a value joblib takes",
+    ),
     (["--multirun", "seed=1,2", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0: an integer >= 1"),
     (["--multirun", "model.C=interval(0,1)"], "does not support sweep type : INTERVAL_SWEEP"),
     # set once per launch: varied per job, params would name a store or experiment the run is not in

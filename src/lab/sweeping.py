@@ -147,6 +147,34 @@ def _check_launch_settings(config: DictConfig) -> None:
         error = ConfigError("hydra.sweeper.max_batch_size", batch, "an integer >= 1, or null for a single batch")
         raise fail(describe(error) or str(error))
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if target.endswith("JoblibLauncher") and OmegaConf.select(config, "hydra.launcher.n_jobs") == 0:
-        error = ConfigError("hydra.launcher.n_jobs", 0, "an integer >= 1, or -1 for one per CPU (-2: all but one, …)")
-        raise fail(describe(error) or str(error))
+    if target.endswith("JoblibLauncher"):
+        problem = _joblib_problem(config)
+        if problem is not None:
+            raise fail(describe(problem) or str(problem))
+
+
+def _joblib_problem(config: DictConfig) -> ConfigError | None:
+    """The first of hydra-joblib-launcher's settings that joblib would refuse, by joblib's
+    own rules (``joblib.Parallel``, and the expression ``pre_dispatch`` is evaluated as),
+    given as the launcher passes them: else it refuses them at launch, the parent run made."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel
+    from joblib._utils import eval_expr
+
+    launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+    assert isinstance(launcher, dict)
+    settings = {str(key): value for key, value in launcher.items() if key != "_target_"}
+    process_joblib_cfg(settings)  # as the launcher does: "8" is 8
+    if settings.get("n_jobs") == 0:
+        return ConfigError("hydra.launcher.n_jobs", 0, "an integer >= 1, or -1 for one per CPU (-2: all but one, …)")
+    for key, value in settings.items():
+        if key in ("backend", "n_jobs"):  # the launcher always uses loky
+            continue
+        try:
+            if key == "pre_dispatch" and isinstance(value, str) and value != "all":
+                eval_expr(value.replace("n_jobs", "1"))
+            else:
+                Parallel(backend="loky", **{key: value})
+        except Exception as exc:  # noqa: BLE001 - joblib's refusal, whatever its type
+            return ConfigError(f"hydra.launcher.{key}", value, f"a value joblib takes ({exc})")
+    return None

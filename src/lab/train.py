@@ -30,7 +30,7 @@ from lab import outputs
 from lab.config import register_configs
 from lab.launching import freeze_imports, quiet_replaced_launcher_options
 from lab.records import redact_text
-from lab.validation import UsageError, check_job, describe
+from lab.validation import UsageError, check_job, describe, one_line
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -130,7 +130,7 @@ def _hydras_error(exc: BaseException, frame: FrameType) -> str:
 
     override = frame.f_locals.get("override")
     where = f"override {override.input_line!r}: " if isinstance(override, Override) and override.input_line else ""
-    return f"error: {where}{outputs.summarize(exc)}"
+    return f"error: {where}{type(exc).__name__}: {one_line(str(exc))}"
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ __all__ = [
     "describe",
     "hydra_config",
     "job_hydra_config",
+    "one_line",
     "refused_as_usage",
     "sweep_subdir",
     "task_overrides",
@@ -66,6 +67,12 @@ def check_job(cfg: DictConfig) -> TrainConfig:
     if "hydra" in cfg:
         check_output_paths(cfg)
     if typed.tracking.enabled:
+        # an empty value (`tracking.uri=`) would quietly mean the default, as null does
+        if typed.tracking.uri is not None and not typed.tracking.uri.strip():
+            raise ConfigError("tracking.uri", typed.tracking.uri, "a tracking URI, or null for MLFLOW_TRACKING_URI")
+        if typed.tracking.experiment is not None and not typed.tracking.experiment.strip():
+            allowed = "an experiment name, or null for MLFLOW_EXPERIMENT_NAME (else lab)"
+            raise ConfigError("tracking.experiment", typed.tracking.experiment, allowed)
         uri = resolve_uri(typed.tracking.uri)
         problem = check_uri(uri)
         if problem:
@@ -147,7 +154,7 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(exc, OmegaConfBaseException):
         return _omegaconf(exc, "")
     if isinstance(exc, (ConfigCompositionException, MissingConfigException)):
-        return "error: " + _first_lines(str(exc))
+        return "error: " + one_line(str(exc))
     if isinstance(exc, YAMLError):
         return "error: invalid YAML in the config: " + _first_lines(str(exc), 3)
     if isinstance(cause, YAMLError):
@@ -187,6 +194,13 @@ def _fields_of(obj_type: Any) -> str:
 
 def _first_lines(text: str, n: int = 1) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines()[:n] if line.strip())
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """All of a message we know nothing about, on one line: its first line alone may stop
+    mid-sentence ("Target 'os.system' is blocklisted because it allows")."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def task_overrides(config: DictConfig) -> list[str]:
@@ -253,7 +267,7 @@ def refused_as_usage(config: DictConfig, what: str = "") -> Iterator[None]:
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - see above
-        raise fail(describe(exc) or f"error: {what}{type(exc).__name__}: {_first_lines(str(exc))}") from None
+        raise fail(describe(exc) or f"error: {what}{type(exc).__name__}: {one_line(str(exc))}") from None
 
 
 class ValidationCallback(Callback):
