@@ -190,3 +190,15 @@ def test_a_searched_key_needs_no_valid_value_in_the_launch(cli: Cli, tmp_path: P
         assert res.code == 0, (searched, res.stderr)
         assert "sweep finished: 2 jobs (2 finished)" in res.stdout
         assert "Warning" not in res.stderr
+
+
+def test_a_study_whose_every_trial_failed_names_no_best(cli: Cli) -> None:
+    """The plugin would name a failed trial's stand-in value (-inf) as the best."""
+    res = cli.sweep("search=optuna", "hydra.sweeper.n_trials=2", "split=kfold", "split.n_splits=60")
+    assert res.code == 1
+    assert "lab: best trial: none, no trial finished" in res.stdout
+    results = yaml.safe_load((cli.cwd / "outputs" / "sweep" / "optimization_results.yaml").read_text())
+    assert results == {"name": "optuna", "best_params": None, "best_value": None}
+    parent, children = split_runs(cli)
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    assert "best.value" not in parent.data.metrics and "lab.best.params" not in parent.data.tags

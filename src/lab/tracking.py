@@ -661,6 +661,13 @@ class TrackingCallback(Callback):
                 if trial is not None
                 else "lab: best trial: none, no trial finished"
             )
+            results = sweep_dir / STUDY_RESULTS
+            if trial is None and results.exists():
+                # the plugin names as best a failed trial's stand-in value (_keep_study_going)
+                results.write_text(
+                    "# lab: no trial finished, so there is no best; see summary.md\n"
+                    "name: optuna\nbest_params: null\nbest_value: null\n"
+                )
         if self._enabled(config):
             record = self._sweep_record(config)
             record.status, record.end_time = final, _now_ms()
