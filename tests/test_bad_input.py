@@ -72,6 +72,11 @@ CASES = [
         "LabLauncher': TypeError(\"LabLauncher.__init__() got an unexpected keyword argument 'njobs'\")",
     ),
     (["+hydra.callbacks.x._target_=os.system"], "blocklisted because it allows config data to control executable"),
+    (  # a key of a swept group is checked in the launch's own config (model=logreg) first
+        ["--multirun", "model=random_forest,svm", "model.n_estimators=10"],
+        "model.n_estimators: unknown key; allowed: C, max_iter, name, solver (Hydra checks it first in the "
+        "launch's own config, which has model's default option, not one of model=random_forest,svm;",
+    ),
     (["tracking.uri="], "tracking.uri='': a tracking URI, or null for MLFLOW_TRACKING_URI"),
     (["tracking.experiment="], "tracking.experiment='': an experiment name, or null for MLFLOW_EXPERIMENT_NAME"),
     (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),

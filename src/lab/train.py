@@ -30,7 +30,7 @@ from lab import outputs
 from lab.config import register_configs
 from lab.launching import freeze_imports, quiet_replaced_launcher_options
 from lab.records import redact_text
-from lab.validation import UsageError, check_job, describe, one_line
+from lab.validation import UsageError, check_job, describe, note_group_sweep, one_line
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -81,7 +81,7 @@ def main() -> None:
         if frame is not None:  # e.g. `data=null`, a sweep type it lacks
             message = _hydras_error(exc, frame)
         if message is not None:
-            print(redact_text(message), file=sys.stderr)
+            print(redact_text(note_group_sweep(message, sys.argv[1:])), file=sys.stderr)
             _refused()
             sys.exit(2)
         print(redact_text(f"lab: job failed: {outputs.summarize(exc)}"), file=sys.stderr)

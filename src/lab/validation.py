@@ -40,6 +40,7 @@ __all__ = [
     "describe",
     "hydra_config",
     "job_hydra_config",
+    "note_group_sweep",
     "one_line",
     "refused_as_usage",
     "sweep_subdir",
@@ -160,6 +161,29 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(cause, YAMLError):
         return "error: invalid YAML in the config: " + _first_lines(str(cause), 3)
     return None
+
+
+def note_group_sweep(message: str, argv: list[str]) -> str:
+    """``message`` with a word on where it comes from when it refuses a key of a group the
+    command line sweeps (``--multirun model=random_forest,svm model.n_estimators=10``):
+    Hydra composes the launch's own config, with the group's default option, before any
+    job, and the keys listed are that option's."""
+    named = re.match(r"error: \+*(\w+)\.\S*?(=\S*)?: unknown key", message)
+    if named is None or not {"--multirun", "-m"} & set(argv):
+        return message
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a malformed override is reported on its own
+        return message
+    group = named[1]
+    swept = next((o for o in overrides if o.key_or_group == group and o.is_sweep_override()), None)
+    if swept is None:
+        return message
+    return (
+        f"{message} (Hydra checks it first in the launch's own config, which has {group}'s default option, "
+        f"not one of {group}={swept.get_value_string()}; a key given once must exist there and in every "
+        "option swept: sweep the options that have it on their own)"
+    )
 
 
 def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
