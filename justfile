@@ -73,5 +73,5 @@ docker-run tag="lab:dev" *ARGS:
 
 # remove outputs, the local store and caches
 clean:
-    rm -rf outputs/runs outputs/sweeps outputs/reproductions mlflow.db mlflow.db-* mlflow.db.lock mlruns .pytest_cache .mypy_cache .ruff_cache
+    rm -rf outputs/runs outputs/sweeps outputs/reproductions mlflow.db mlflow.db-* mlflow.db.lock mlflow.db.creating mlruns .pytest_cache .mypy_cache .ruff_cache
     find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

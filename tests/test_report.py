@@ -281,6 +281,11 @@ def test_swept_numeric_parameters_leave_out_seed_fixed_and_non_numeric_values() 
     assert numeric_parameters(rows[:2]) == ["model.C", "split.n_splits"]
 
 
+def test_jobs_that_differ_only_by_seed_form_one_group_however_seed_is_given() -> None:
+    rows = [job([f"{prefix}seed={n}", "model.C=0.1"]) for n, prefix in enumerate(["", "+", "++"])]
+    assert [(g.config, g.n) for g in summarize_rows(rows).groups] == [("model.C=0.1", 3)]
+
+
 @pytest.mark.parametrize(
     ("values", "log"),
     [([0.01, 0.1, 1.0], True), ([1.0, 10.0, 50.0], False), ([0.0, 1.0, 1000.0], False), ([5.0, 500.0], True)],

@@ -28,7 +28,7 @@ from lab.outputs import read_sweep_dir, summarize
 from lab.publishing import check_uri, configure_client_env, pin_uri, quiet_mlflow_logging, redact, resolve_uri
 from lab.records import RECORD_FILE, SYNCED_FILE, read_json, split_overrides
 from lab.summary import (
-    SEED_KEYS,
+    SEED_KEY,
     STUDY_RESULTS,
     Group,
     JobRow,
@@ -61,7 +61,6 @@ REPORT_FILES = ("summary.csv", "summary.md", PLOT_FILE)
 BEST_METRIC = "accuracy"
 LOG_SCALE_DECADES = 2.0
 RUN_ID = re.compile(r"[0-9a-f]{32}")
-SEED_PARAMETERS = frozenset(key.lstrip("+") for key in SEED_KEYS)
 # Beyond this many distinct values, the swept values no longer fit as tick labels.
 MAX_VALUE_TICKS = 8
 MAX_LABEL = 60
@@ -123,7 +122,7 @@ def _varied_parameters(rows: Sequence[JobRow]) -> dict[str, set[str]]:
     for row in rows:
         for key, value in row.params.items():
             seen.setdefault(key, set()).add(value)
-    return {key: values for key, values in seen.items() if key not in SEED_PARAMETERS and len(values) > 1}
+    return {key: values for key, values in seen.items() if key != SEED_KEY and len(values) > 1}
 
 
 def numeric_parameters(rows: Sequence[JobRow]) -> list[str]:
@@ -174,7 +173,7 @@ class _Plan:
         self.constant = {
             key: value
             for key, value in (shared[0] if shared else {}).items()
-            if key not in SEED_PARAMETERS and all(params.get(key) == value for params in shared)
+            if key != SEED_KEY and all(params.get(key) == value for params in shared)
         }
 
     def label(self, group: Group, without: str | None = None) -> str:

@@ -36,7 +36,7 @@ __all__ = [
     "summarize_sweep",
 ]
 
-SEED_KEYS = ("seed", "+seed")
+SEED_KEY = "seed"  # jobs that differ only by it form one group (given as seed=, +seed= or ++seed=)
 STUDY_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best params and value, in the sweep dir
 
 
@@ -59,7 +59,7 @@ class JobRow:
         when the overrides are not known: such a job is in no group."""
         if self.overrides is None:
             return None
-        return join_overrides(o for o in self.overrides if o.split("=", 1)[0] not in SEED_KEYS)
+        return join_overrides(o for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY)
 
     @property
     def params(self) -> dict[str, str]:
