@@ -113,6 +113,10 @@ CASES = [
         "model.C='interval(1,0)': a search space Optuna accepts: The `low` value must be smaller",
     ),
     (["--multirun", "search=optuna", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0: an integer >= 1"),
+    (  # it failed once the study started, with a bare AssertionError (optuna#4375)
+        ["--multirun", "search=optuna", "hydra.sweeper.storage=sqlite:///optuna.db"],
+        "hydra.sweeper.storage='sqlite:///optuna.db': null (the study lives in the launch; its trials are runs",
+    ),
     (
         ["--multirun", "search=optuna", "hydra.sweeper.direction=sideways"],
         "hydra.sweeper.direction='sideways': minimize or maximize, or a list of them",

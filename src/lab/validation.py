@@ -344,6 +344,16 @@ def _check_optuna_settings(config: DictConfig) -> None:
     n_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=None)
     if isinstance(n_jobs, int) and n_jobs < 1:  # the plugin's loop would never end
         raise fail(describe(ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1 (trials per batch)")) or "")
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if storage is not None:
+        # optuna 2.10 (hydra-optuna-sweeper 1.2 pins optuna < 3) stamps its schema version on
+        # a connection it never commits, which SQLAlchemy 2 (MLflow's) rolls back: every
+        # database storage fails with a bare AssertionError once the study starts (optuna#4375)
+        allowed = (
+            "null (the study lives in the launch; its trials are runs in MLflow): optuna 2.10, which "
+            "hydra-optuna-sweeper 1.2 requires, cannot keep a study in a database under SQLAlchemy 2"
+        )
+        raise fail(describe(ConfigError("hydra.sweeper.storage", storage, allowed)) or "")
     direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
     directions = list(direction) if isinstance(direction, ListConfig) else [direction]
     names = [getattr(d, "name", d) for d in directions]  # hydra_plugins' Direction enum, or its name
