@@ -355,10 +355,16 @@ def test_a_store_creation_killed_half_way_leaves_no_half_made_store(cli: Cli) ->
     os.kill(publisher, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert not (cli.cwd / "mlflow.db").exists()  # a store is whole or absent
-    res = cli.train("seed=2", "tracking.log_model=false")
+    # cut short (the creation takes seconds): no store at all, only the one being built
+    cut_short = (cli.cwd / "mlflow.db.creating").exists()
+    assert cut_short != (cli.cwd / "mlflow.db").exists()
+    res = cli.train("seed=2", "tracking.log_model=false")  # and the next run makes a whole one
     assert res.code == 0, res.stderr
-    assert [(r.data.params["seed"], r.info.status) for r in store_runs(cli.uri)] == [("2", "FINISHED")]
+    runs = [(r.data.params["seed"], r.info.status) for r in store_runs(cli.uri)]
+    if cut_short:
+        assert runs == [("2", "FINISHED")]
+    else:  # the creation had ended (a fast machine): the killed run may be there too
+        assert ("2", "FINISHED") in runs
     assert not (cli.cwd / "mlflow.db.creating").exists()
 
 
