@@ -3,8 +3,10 @@ run as a subprocess against a temporary MLflow sqlite store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -76,7 +78,8 @@ class Cli:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_"))}
-        env.update(MLFLOW_TRACKING_URI=self.uri, PYTHONUNBUFFERED="1")
+        # faulthandler: a hung launch is sent SIGABRT, on which it prints its stacks (finish)
+        env.update(MLFLOW_TRACKING_URI=self.uri, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         env.update(extra)
         return env
 
@@ -103,6 +106,23 @@ class Cli:
             text=True,
             start_new_session=True,
         )
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
+        """The stdout and stderr of ``proc`` (from :meth:`start`) once it has exited. Still
+        running after ``timeout`` s, it is hung: each of its processes (its group, and the
+        publisher, in a session of its own) gets SIGABRT, on which faulthandler prints every
+        thread's stack, and the test fails showing where each one waited."""
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in publishers_in(self.cwd):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGABRT)
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            stacks = "\n".join(line for line in err.splitlines() if not line.startswith("Extension modules:"))
+            raise AssertionError(f"running after {timeout} s; its stacks at SIGABRT:\n{stacks[-20000:]}") from None
 
     def train(self, *overrides: str, **env: str) -> Result:
         return self.run(*overrides, "hydra.run.dir=outputs/run", **env)

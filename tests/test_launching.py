@@ -7,6 +7,7 @@ import ast
 import copy
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -292,6 +293,62 @@ print(sorted({{r.return_value for r in runs}}))
     assert done.returncode == 0, done.stderr
     seen = ast.literal_eval(done.stdout.strip().splitlines()[-1])  # [(pid, sklearn imported), ...]
     assert seen and all(imported for _, imported in seen), seen
+
+
+# A forked job whose worker is SIGKILLed while it sends its return back: half a message in
+# the pipe. The job returns 100 MB, and a thread of its worker kills it once the kernel
+# shows the worker's main thread blocked writing into a pipe (its wchan). Under
+# ProcessPoolExecutor the manager thread, reading a result pipe that the executor itself
+# holds open, waited for the rest forever, and so did launch().
+KILLED_MID_SEND = """
+import os, signal, sys, threading, time
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import HydraContext, RunMode
+from lab.config import register_configs
+from lab.launching import LabLauncher
+from lab.train import CONFIG_DIR
+
+
+def die_mid_send(main):
+    wchan = f"/proc/self/task/{main}/wchan"
+    while "pipe_write" not in open(wchan).read():
+        time.sleep(0.0002)
+    print("killed mid-send", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def task(cfg):
+    if cfg.seed == 2:
+        threading.Thread(target=die_mid_send, args=(threading.get_native_id(),), daemon=True).start()
+        return b"x" * 100_000_000
+    return cfg.seed
+
+
+register_configs()
+loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+master = loader.load_configuration("config", overrides=["hydra.sweep.dir=SWEEP_DIR"], run_mode=RunMode.MULTIRUN)
+HydraConfig.instance().set_config(master)
+launcher = LabLauncher(n_jobs=2)
+context = HydraContext(config_loader=loader, callbacks=Callbacks())
+launcher.setup(hydra_context=context, task_function=task, config=master)
+try:
+    launcher.launch([[f"seed={s}"] for s in (1, 2, 3)], initial_job_idx=0)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def test_a_forked_worker_killed_while_sending_its_return_breaks_the_launch(tmp_path: Path) -> None:
+    code = KILLED_MID_SEND.replace("SWEEP_DIR", str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "killed mid-send" in done.stderr  # the fault happened where it was meant to
+    line = done.stdout.splitlines()[-1]  # after Hydra's log of the launch
+    expected = r"BrokenProcessPool: worker \d+ died \(killed by SIGKILL\) before job #1 returned: seed=2"
+    assert re.fullmatch(expected, line), line
 
 
 def test_n_jobs_minus_one_is_one_worker_per_usable_cpu() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -77,7 +78,7 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     # lock-step (a job killed before its record exists is test_job_interrupted_before_...)
     time.sleep(0.3)
     (os.killpg if to_group else os.kill)(proc.pid, signum)
-    _, err = proc.communicate(timeout=120)
+    _, err = cli.finish(proc)
     assert proc.returncode == 128 + signum, err
     runs = store_runs(cli.uri)
     [parent] = kinds(runs, "sweep")
@@ -104,7 +105,7 @@ def test_a_signal_delivered_twice_counts_once(cli: Cli) -> None:
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.2)  # the first one handled: lab is unwinding
     os.kill(proc.pid, signal.SIGINT)  # what uv forwards
-    out, err = proc.communicate(timeout=120)
+    out, err = cli.finish(proc)
     assert proc.returncode == 130, err
     [parent] = kinds(store_runs(cli.uri), "sweep")
     assert parent.info.status == "KILLED"
@@ -153,7 +154,7 @@ def interrupt_when_stalled(cli: Cli, *args: str, stalls: int = 1) -> None:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = cli.finish(proc)
     assert proc.returncode == 130, err
 
 
@@ -179,7 +180,7 @@ def test_interrupted_launch_says_which_records_are_pending(cli: Cli) -> None:
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = cli.finish(proc)
     assert proc.returncode == 130, err
     assert "of this launch's MLflow records are pending" in err
     pending = cli.run("pending", "outputs", module="lab.runs")
@@ -280,7 +281,7 @@ def test_interrupted_single_run_is_killed(cli: Cli) -> None:
         time.sleep(0.1)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=120)
+    cli.finish(proc)
     assert proc.returncode == 130
     [run] = store_runs(cli.uri)
     assert run.info.status == "KILLED"
@@ -303,8 +304,10 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
         time.sleep(0.1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the out-of-memory killer, say
-    proc.communicate(timeout=120)
+    _, err = cli.finish(proc)
     assert proc.returncode != 0
+    if launcher == "forked":  # which worker died, how, and with which job
+        assert re.search(rf"worker {pid} died \(killed by SIGKILL\) before job #\d returned: seed=\d", err), err
     runs = store_runs(cli.uri)
     assert {r.info.status for r in runs} <= TERMINAL
     [parent] = kinds(runs, "sweep")
@@ -321,7 +324,7 @@ def test_interrupt_while_the_store_is_created_leaves_it_whole(cli: Cli) -> None:
     proc = cli.start("--multirun", "seed=1,2", "tracking.background=false")
     _wait_for_store_creation(cli, proc)
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = cli.finish(proc)
     assert proc.returncode == 130, stderr
     assert "letting MLflow finish setting up its store" in stderr
     # the launch, interrupted before any job, is recorded once the store is whole: its
@@ -354,7 +357,7 @@ def test_a_store_creation_killed_half_way_leaves_no_half_made_store(cli: Cli) ->
     [publisher] = publishers_in(cli.cwd)  # in a session of its own: a kill of the launcher's group spares it
     os.kill(publisher, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    cli.finish(proc, timeout=60)
     # cut short (the creation takes seconds): no store at all, only the one being built
     cut_short = (cli.cwd / "mlflow.db.creating").exists()
     assert cut_short != (cli.cwd / "mlflow.db").exists()
@@ -756,7 +759,7 @@ def test_dead_publisher_leaves_the_launch_pending_not_silently_done(cli: Cli) ->
     assert split_overrides(tags["lab.overrides"]) == task
     [publisher] = publishers_in(cli.cwd)
     os.kill(publisher, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = cli.finish(proc)
     assert proc.returncode == 3, stderr
     assert f"publisher (pid {publisher}) stopped early (killed by SIGKILL)" in stderr
     assert "records are pending" in stderr
@@ -781,7 +784,7 @@ def test_interrupt_while_the_sweep_ends_leaves_no_run_running(cli: Cli) -> None:
         assert time.monotonic() < deadline and proc.poll() is None, "the sweep never reached its end"
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = cli.finish(proc)
     assert proc.returncode == 130, stderr
     runs = store_runs(cli.uri)
     # every job had returned: the sweep's end is recorded as it stood, then the exit is 130

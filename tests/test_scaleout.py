@@ -383,7 +383,7 @@ def test_a_terminated_ray_launch_ends_killed(cli: Cli, cluster: Cluster) -> None
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    _, err = cli.finish(proc, timeout=300)
     assert proc.returncode == 143, err
     assert "lab: interrupted (SIGTERM)" in err
     all_runs = store_runs(cluster.tracking_uri, "ray-sigterm")

@@ -39,9 +39,8 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra import version
@@ -64,6 +63,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper
 
 from lab.records import redact_text
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import ForkContext
 
 __all__ = [
     "LabLauncher",
@@ -376,11 +379,14 @@ def _run_sweep_job(hydra_context: HydraContext, task_function: TaskFunction, swe
 # PR_SET_PDEATHSIG): killed outright (SIGKILL, the OOM killer), the launcher would leave its
 # workers waiting forever for jobs, and holding open the background publisher's stdin, so
 # that the publisher never saw the launch end and never ended its open runs. lab starts no
-# thread in the launching process, and ProcessPoolExecutor forks every worker (from the
-# main thread, whose end the death signal follows) before it starts its own manager
-# thread, so no lock is copied while another thread holds it. A worker that dies (OOM killer, segfault)
-# breaks the pool: every job still running is stopped, and launch raises BrokenProcessPool,
-# which fails the sweep, as a dead loky worker does under joblib.
+# thread in the launching process, and forks every worker from the main thread (whose end
+# the death signal follows), so no lock is copied while another thread holds it.
+#
+# The pool is lab's own (_Worker): each worker has its own pipes, and the launching process
+# waits on them and on the workers' exits from its main thread. A worker that dies (OOM
+# killer, segfault, a signal) breaks the pool: every job still running is stopped, and
+# launch raises BrokenProcessPool naming the worker, its death and its job, which fails the
+# sweep, as a dead loky worker does under joblib.
 
 _forked_from: LabLauncher | None = None  # the launcher whose jobs a forked worker runs
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -428,6 +434,8 @@ def _sendable(ret: JobReturn) -> JobReturn:
 
 def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], workers: int) -> list[JobReturn]:
     """Run ``jobs`` on ``workers`` processes forked from this one; their returns, in job order."""
+    from multiprocessing.connection import wait
+
     global _forked_from
     _forked_from = launcher
     # every worker trains: import scikit-learn once, here, rather than in each worker at its
@@ -435,20 +443,113 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
     import lab.training  # noqa: F401
 
     freeze_imports()
-    executor = ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(os.getpid(),)
-    )
+    context = mp.get_context("fork")
+    pool: list[_Worker] = []
+    returns: dict[int, JobReturn] = {}  # by position in jobs
+    todo = iter(enumerate(jobs))
     try:
-        futures = [executor.submit(_run_forked_job, idx, overrides) for idx, overrides in jobs]
-        return [future.result() for future in futures]
+        for _ in range(workers):
+            pool.append(_Worker(context))
+            pool[-1].give(next(todo, None))
+        while len(returns) < len(jobs):
+            busy = [w for w in pool if w.job is not None]
+            ready = set(wait([c for w in busy for c in (w.returns, w.process.sentinel)]))
+            for worker in busy:
+                if worker.returns in ready or worker.process.sentinel in ready:
+                    position, ret = worker.receive()
+                    returns[position] = ret
+                    worker.give(next(todo, None))
+        return [returns[position] for position in range(len(jobs))]
     except BaseException:
         # interrupted, or a worker died: stop every job still running before unwinding
-        for process in mp.active_children():
-            process.terminate()
+        for worker in pool:
+            worker.process.terminate()
         raise
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        for worker in pool:
+            worker.stop()
         _forked_from = None
+
+
+class _Worker:
+    """A forked worker and its own two pipes: a job's index and overrides go in, its
+    :class:`JobReturn` comes back. The launching process keeps only its own ends, and the
+    worker alone holds the writing end of its returns, so a worker that dies, even half-way
+    through sending a return, is seen as the end of that pipe: never waited on for good.
+    (ProcessPoolExecutor's workers share one result pipe, which the executor also holds
+    open: a worker killed while sending a return, as a Ctrl-C may, left the executor's
+    manager thread waiting for the rest of it forever, and the launch waiting for that
+    thread; a test reproduces it.)"""
+
+    def __init__(self, context: ForkContext) -> None:
+        jobs_in, self.jobs = context.Pipe(duplex=False)
+        self.returns, returns_out = context.Pipe(duplex=False)
+        self.process = context.Process(target=_worker_main, args=(os.getpid(), jobs_in, returns_out), daemon=True)
+        self.process.start()
+        jobs_in.close()
+        returns_out.close()
+        self.job: tuple[int, tuple[int, list[str]]] | None = None  # (position, job) it runs
+
+    def give(self, job: tuple[int, tuple[int, list[str]]] | None) -> None:
+        self.job = job
+        if job is not None:
+            with contextlib.suppress(OSError):  # it died idle: receive() says so, naming the job
+                self.jobs.send(job[1])
+
+    def receive(self) -> tuple[int, JobReturn]:
+        """The job's position and return; raises what the job raised outside Hydra's
+        capture, or BrokenProcessPool if the worker died before it returned."""
+        assert self.job is not None
+        position, (idx, overrides) = self.job
+        try:
+            if not self.returns.poll():  # died, and whatever it forked still holds the pipe
+                raise EOFError
+            ret, error = self.returns.recv()
+        except (EOFError, OSError):
+            from concurrent.futures.process import BrokenProcessPool
+
+            self.process.join(5)
+            code = self.process.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+            job = f"job #{idx} returned: {redact_text(' '.join(filter_overrides(overrides)))}"
+            raise BrokenProcessPool(f"worker {self.process.pid} died ({how}) before {job}") from None
+        if error is not None:
+            raise error
+        return position, ret
+
+    def stop(self) -> None:
+        """End the worker: told to when it is idle, else it was terminated; waited for."""
+        with contextlib.suppress(OSError):
+            if self.job is None and self.process.is_alive():
+                self.jobs.send(None)
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.jobs.close()
+        self.returns.close()
+
+
+def _worker_main(launcher_pid: int, jobs: Connection, returns: Connection) -> None:
+    """A forked worker's life: run each job it is given, send back its return (or what it
+    raised outside Hydra's capture, as a pool's worker does), until told to stop."""
+    _init_worker(launcher_pid)
+    while True:
+        try:
+            job = jobs.recv()
+        except EOFError:  # the launcher is gone
+            return
+        if job is None:
+            return
+        try:
+            ret, error = _run_forked_job(*job), None
+        except BaseException as exc:  # noqa: BLE001 - raised in the launching process, as a pool raises it
+            ret, error = None, exc
+        try:
+            returns.send((ret, error))
+        except Exception as exc:  # noqa: BLE001 - pickling failed: nothing was sent yet
+            what = f"{type(error).__name__}: {error}" if error is not None else f"job #{job[0]}'s return"
+            returns.send((None, RuntimeError(f"{what} could not be sent back from its worker ({exc})")))
 
 
 # --- hydra/launcher=joblib and =ray: fresh interpreters, sent the launch once each ---------
