@@ -536,10 +536,8 @@ class TrackingCallback(Callback):
                 if outputs.file_written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time / 1000)
                 else f"the job returned, but its record was never {'written' if rebuilt else 'completed'}"
             )
-        elif status == "KILLED" and self._signal is not None:
-            record.error = f"interrupted by {signal.Signals(self._signal).name}"
         else:
-            record.error = "the launcher stopped before this job returned"
+            record.error = self._interruption(status) or "the launcher stopped before this job returned"
         record.tags["lab.error"] = record.error
         record.artifacts = _artifacts(job_dir, record.output_subdir)
         record.save()
@@ -698,12 +696,16 @@ class TrackingCallback(Callback):
                 self._publish_inline(lambda p: p.finish_parent(record), record)
         return summary
 
-    def _sweep_error(self, status: str | None, summary: Summary) -> str:
-        """Why the sweep did not finish, in one line, for its parent run's ``lab.error``."""
+    def _interruption(self, status: str) -> str | None:
+        """``lab.error`` of a job or sweep the launch's end leaves ``status``, if a signal did it."""
         if status == "KILLED" and self._signal is not None:
             return f"interrupted by {signal.Signals(self._signal).name}"
+        return None
+
+    def _sweep_error(self, status: str | None, summary: Summary) -> str:
+        """Why the sweep did not finish, in one line, for its parent run's ``lab.error``."""
         if status is not None:
-            return "the launcher stopped before the sweep ended"
+            return self._interruption(status) or "the launcher stopped before the sweep ended"
         first = summary.failed[0]
         return (
             f"{len(summary.failed)} of {jobs(len(summary.rows))} did not finish; "
