@@ -14,13 +14,14 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from mlflow.entities import Run
+from mlflow.entities import Run, ViewType
 
 from lab.provenance import process_start
 from lab.records import split_overrides
@@ -381,6 +382,26 @@ def test_another_programs_database_is_not_made_a_store(cli: Cli) -> None:
     assert "is a database but not an MLflow store (no experiments, metrics, params, runs, tags table)" in res.stderr
     with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db:
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+
+
+def test_a_deleted_stores_wal_does_not_come_back_in_the_next_one(cli: Cli) -> None:
+    """`rm mlflow.db` after a launch was killed with the store open leaves mlflow.db-wal and
+    -shm: the next store is made without them, not with the deleted store's pages."""
+    code = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA wal_autocheckpoint=0")  # the writes stay in the WAL, as when cut off
+with db:
+    db.execute("INSERT INTO experiments (name, artifact_location, lifecycle_stage) VALUES ('old', 'x', 'active')")
+os._exit(0)  # killed: the WAL is neither checkpointed nor removed
+"""
+    subprocess.run([sys.executable, "-c", code, str(cli.cwd / "mlflow.db")], check=True, timeout=60)
+    assert (cli.cwd / "mlflow.db-wal").stat().st_size > 0
+    (cli.cwd / "mlflow.db").unlink()
+    res = cli.train("tracking.log_model=false")
+    assert res.code == 0, res.stderr
+    names = {e.name for e in mlflow.MlflowClient(cli.uri).search_experiments(view_type=ViewType.ALL)}
+    assert names == {"Default", "lab"}
 
 
 def _children(pid: int) -> list[int]:

@@ -127,6 +127,9 @@ def _store_lock(uri: str) -> Iterator[None]:
 _CORE_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
 
 
+_SIDE = ("wal", "shm", "journal")  # the files sqlite keeps beside a database
+
+
 def _prepare_sqlite_store(uri: str) -> None:
     """Create a missing sqlite store aside and rename it into place; refuse another
     program's database. Called under :func:`_store_lock`.
@@ -135,7 +138,9 @@ def _prepare_sqlite_store(uri: str) -> None:
     one transaction: a creation cut short (SIGKILL, power loss) left a file that MLflow
     could neither use nor migrate ("table spans already exists"). Built beside it and
     renamed, the store at ``path`` is whole or absent; a cut creation leaves only
-    ``<name>.creating``, which the next one replaces.
+    ``<name>.creating``, which the next one replaces. A deleted store's WAL is removed
+    first: replayed into the new file, it brought the deleted store's experiments back, or
+    left a file sqlite called malformed.
     """
     if not uri.startswith("sqlite:///"):
         return
@@ -146,7 +151,10 @@ def _prepare_sqlite_store(uri: str) -> None:
         from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
 
         aside = path.with_name(f"{path.name}.creating")
-        for leftover in (aside, aside.with_name(f"{aside.name}-journal")):
+        # A -wal, -shm or -journal beside no store is a deleted store's (left by a process
+        # killed while it had it open): sqlite would replay its pages into the new file.
+        leftovers = [aside, *(path.with_name(f"{name}-{kind}") for name in (path.name, aside.name) for kind in _SIDE)]
+        for leftover in leftovers:
             leftover.unlink(missing_ok=True)
         engine = create_sqlalchemy_engine(f"sqlite:///{aside}")  # type: ignore[no-untyped-call]
         try:
