@@ -67,7 +67,13 @@ def main() -> None:
     quiet_replaced_launcher_options()
     freeze_imports()
     try:
-        run_job()
+        try:
+            run_job()
+        except Exception as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except UsageError as exc:
         _refused()
         sys.exit(exc.code)
@@ -90,6 +96,22 @@ def main() -> None:
         from lab import publishing
 
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` was raised while unwinding from, if any. The
+    interrupt lands between any two bytecodes: in the middle of OmegaConf setting a value,
+    say, whose clean-up then raised AttributeError on the half-set node (seen once in 40
+    interrupted sweeps, during the jobs' validation): that error is the interrupt's doing,
+    not a failure of its own."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, KeyboardInterrupt):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
 
 
 def _received_signal() -> int | None:
