@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -416,6 +417,22 @@ def test_another_programs_database_is_not_made_a_store(cli: Cli) -> None:
     assert "is a database but not an MLflow store (no experiments, metrics, params, runs, tags table)" in res.stderr
     with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db:
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+
+
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_once_a_run_returns_mlflow_db_alone_holds_it(cli: Cli, background: str) -> None:
+    """The store's WAL is checkpointed into the file and removed when its last connection
+    closes: left open, it held the run's last writes, and a copy of mlflow.db alone (a
+    backup, a file sent to someone) had no run at all."""
+    res = cli.train("tracking.log_model=false", f"tracking.background={background}")
+    assert res.code == 0, res.stderr
+    assert not (cli.cwd / "mlflow.db-wal").exists()
+    copy = cli.cwd / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copyfile(cli.cwd / "mlflow.db", copy)
+    [run] = store_runs(f"sqlite:///{copy}")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["accuracy"] > 0.9
 
 
 def test_a_deleted_stores_wal_does_not_come_back_in_the_next_one(cli: Cli) -> None:

@@ -152,7 +152,8 @@ def _prepare_sqlite_store(uri: str) -> None:
 
         aside = path.with_name(f"{path.name}.creating")
         # A -wal, -shm or -journal beside no store is a deleted store's (left by a process
-        # killed while it had it open): sqlite would replay its pages into the new file.
+        # killed while it had it open, or one that never closed it, as lab did before
+        # close_stores): sqlite would replay its pages into the new file.
         leftovers = [aside, *(path.with_name(f"{name}-{kind}") for name in (path.name, aside.name) for kind in _SIDE)]
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
@@ -859,7 +860,22 @@ def main() -> None:
     if task is None:
         sys.exit(0)  # not needed: tracking is off, or the input was rejected
     os.environ.update(task["env"])
-    sys.exit(serve(Path(task["queue_dir"]), task["uri"], task["open_store"]))
+    code = serve(Path(task["queue_dir"]), task["uri"], task["open_store"])
+    close_stores()
+    sys.exit(code)
+
+
+def close_stores() -> None:
+    """Close this process's connections to its SQL stores, which MLflow pools for the
+    process's life. Closing the last connection to a sqlite store checkpoints its WAL into
+    the file and removes it: left open, the WAL kept a run's last writes (~100 KB after one
+    run), so that a copy of ``mlflow.db`` alone lacked the runs. (A store that another
+    process, the UI say, still has open keeps its WAL until that one closes it.)"""
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is not None:
+        for engine in list(store.SqlAlchemyStore._engine_map.values()):
+            with contextlib.suppress(Exception):  # what is written is written: never a reason to fail
+                engine.dispose()
 
 
 if __name__ == "__main__":

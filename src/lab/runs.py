@@ -35,6 +35,7 @@ from lab.provenance import process_context, process_state
 from lab.publishing import (
     Publisher,
     check_uri,
+    close_stores,
     configure_client_env,
     error_line,
     pin_uri,
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the store is down or refuses us: one line, not a traceback
         print(f"error: cannot use the MLflow store at {redact(uri)}: {error_line(exc)[:300]}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        close_stores()  # mlflow.db alone holds what was written (lab.publishing.close_stores)
     print(f"lab: {ended} abandoned run(s) marked FAILED in {redact(uri)}")
 
 

@@ -96,6 +96,7 @@ def main() -> None:
         from lab import publishing
 
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
+        publishing.close_stores()  # tracking.background=false published from here
 
 
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
