@@ -102,8 +102,8 @@ def main() -> None:
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that ``exc`` was raised while unwinding from, if any. The
     interrupt lands between any two bytecodes: in the middle of OmegaConf setting a value,
-    say, whose clean-up then raised AttributeError on the half-set node (seen once in 40
-    interrupted sweeps, during the jobs' validation): that error is the interrupt's doing,
+    say, whose clean-up then raised AttributeError on the half-set node (2 of 42 joblib
+    sweeps interrupted during the jobs' validation): that error is the interrupt's doing,
     not a failure of its own."""
     seen: set[int] = set()
     found: BaseException | None = exc
