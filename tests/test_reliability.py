@@ -99,7 +99,7 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
 
 # An interrupt lands between any two bytecodes. In OmegaConf setting a value, its clean-up
 # then raised AttributeError on the half-set node, and the launch exited 1 as a failed job
-# (1 of 40 joblib sweeps interrupted during the jobs' validation). Here the same happens,
+# (2 of 42 joblib sweeps interrupted during the jobs' validation). Here the same happens,
 # every time, in lab's check of each job: run as `python inject.py`, lab.train's main.
 INTERRUPTED_CLEAN_UP = """
 import os, signal, sys, time
