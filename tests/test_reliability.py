@@ -435,6 +435,26 @@ def test_once_a_run_returns_mlflow_db_alone_holds_it(cli: Cli, background: str) 
     assert run.data.metrics["accuracy"] > 0.9
 
 
+@pytest.mark.slow
+def test_an_interrupted_inline_launch_leaves_mlflow_db_alone_holding_it(cli: Cli) -> None:
+    """`tracking.background=false`, Ctrl-C mid-sweep: the launch's end (its parent KILLED)
+    is written at exit, after lab.train's main has returned, and the store is closed after
+    that, not before: a copy of mlflow.db alone holds the whole launch."""
+    proc = cli.start("--multirun", *SLOW_JOBS, "tracking.background=false", "tracking.log_model=false")
+    wait_for_line(proc, "/6] ")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = cli.finish(proc)
+    assert proc.returncode == 130, err
+    assert not (cli.cwd / "mlflow.db-wal").exists()
+    copy = cli.cwd / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copyfile(cli.cwd / "mlflow.db", copy)
+    runs = store_runs(f"sqlite:///{copy}")
+    [parent] = kinds(runs, "sweep")
+    assert parent.info.status == "KILLED"
+    assert {r.info.status for r in runs} <= TERMINAL
+
+
 def test_a_deleted_stores_wal_does_not_come_back_in_the_next_one(cli: Cli) -> None:
     """`rm mlflow.db` after a launch was killed with the store open leaves mlflow.db-wal and
     -shm: the next store is made without them, not with the deleted store's pages."""

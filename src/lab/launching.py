@@ -62,6 +62,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper
 
+from lab.provenance import exit_status
 from lab.records import redact_text
 
 if TYPE_CHECKING:
@@ -509,8 +510,7 @@ class _Worker:
             from concurrent.futures.process import BrokenProcessPool
 
             self.process.join(5)
-            code = self.process.exitcode
-            how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+            how = exit_status(self.process.exitcode)
             job = f"job #{idx} returned: {redact_text(' '.join(filter_overrides(overrides)))}"
             raise BrokenProcessPool(f"worker {self.process.pid} died ({how}) before {job}") from None
         if error is not None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "PROJECT_ROOT",
     "config_fingerprint",
     "environment_tags",
+    "exit_status",
     "process_context",
     "process_start",
     "process_state",
@@ -96,6 +98,13 @@ def process_state(pid: int) -> tuple[str, str] | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
     return fields[0], fields[19]  # fields 3 (state) and 22 (starttime) of proc(5)
+
+
+def exit_status(code: int | None) -> str:
+    """How a child process ended, from its return code: ``killed by SIGKILL``, ``exit 1``."""
+    if code is None:
+        return "not exited"
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
 
 def process_start(pid: int) -> str | None:

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from lab import outputs
 from lab.config import job_container
-from lab.provenance import config_fingerprint, environment_tags, process_start, process_state
+from lab.provenance import config_fingerprint, environment_tags, exit_status, process_start, process_state
 from lab.publishing import (
     configure_client_env,
     note_pending,
@@ -447,7 +447,7 @@ class TrackingCallback(Callback):
         code = proc.wait()
         if code not in (0, PENDING_EXIT) and not self._publisher_reported:
             self._publisher_reported = True
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+            how = exit_status(code)
             print(f"lab: the MLflow publisher (pid {proc.pid}) stopped early ({how})", file=sys.stderr)
             if self._config is not None:
                 # What it did not publish is found pending by its receipts (_pending); the

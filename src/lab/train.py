@@ -18,6 +18,7 @@ if __name__ == "__main__":
 
     publishing.start_early(sys.argv[1:], conf_dir=Path(__file__).resolve().parents[2] / "conf")
 
+import atexit
 import logging
 import os
 import signal
@@ -66,6 +67,11 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     quiet_replaced_launcher_options()
     freeze_imports()
+    from lab import publishing
+
+    # Last at exit (atexit runs its handlers in reverse): after lab.tracking's own handler,
+    # which records an interrupted launch, publishing inline (tracking.background=false).
+    atexit.register(publishing.close_stores)
     try:
         try:
             run_job()
@@ -93,10 +99,7 @@ def main() -> None:
         print(redact_text(f"lab: job failed: {outputs.summarize(exc)}"), file=sys.stderr)
         sys.exit(1)
     finally:
-        from lab import publishing
-
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
-        publishing.close_stores()  # tracking.background=false published from here
 
 
 def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
