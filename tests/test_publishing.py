@@ -96,11 +96,11 @@ def test_model_dir_is_what_save_model_writes(
         assert np.array_equal(loaded.predict(X), model.predict(X))
 
 
-def test_the_background_publisher_logs_a_model_without_loading_pyarrow(
+def test_the_background_publisher_logs_a_model_without_loading_pandas_or_pyarrow(
     make_config: MakeConfig, tmp_path: Path, store_uri: str
 ) -> None:
-    """The real publisher process publishes a job, model included, and never loads pyarrow
-    (~35 MB that MLflow's imports would pull in through pandas, unused there)."""
+    """The real publisher process publishes a job, model included, and never loads pandas
+    or pyarrow (~42 MB that MLflow's imports would pull in, unused there)."""
     uri = store_uri
     job_dir, queue = tmp_path / "job", tmp_path / "queue"
     result = train(make_config())
@@ -127,6 +127,7 @@ def test_the_background_publisher_logs_a_model_without_loading_pyarrow(
         mapped = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "_sqlite3" in mapped  # the publisher's libraries are visible here ...
         assert "libarrow" not in mapped  # ... and pyarrow's are not among them
+        assert "/pandas/" not in mapped  # nor pandas'
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
