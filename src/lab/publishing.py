@@ -841,7 +841,7 @@ def let_in_pyarrow() -> None:
 
 def warm_up() -> None:
     """What a tracked job needs, done while the launcher is still importing and composing,
-    on the other core: MLflow (~1.5 s), its SQL store (~0.85 s), and the model metadata.
+    on the other core: MLflow (~1.0–1.2 s), its SQL store (~0.7 s), and the model metadata.
     Touches no store and writes nothing. scikit-learn, pandas and pyarrow are never imported here."""
     for name in NOT_IN_PUBLISHER:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "import name" raises ImportError
