@@ -965,3 +965,56 @@ def test_job_whose_start_was_never_recorded_is_published_at_the_launchs_end(cli:
         assert parent.info.status == "FINISHED"
         assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
         assert sorted(r.data.params["seed"] for r in jobs) == ["1", "2"]
+
+
+EXITING_MODULE = """
+import sys
+
+from hydra.experimental.callback import Callback
+
+
+class ExitAtSeed2(Callback):  # a user's callback that ends the launch from inside a job
+    def __init__(self, code=3):
+        self.code = code
+
+    def on_job_start(self, config, **kwargs):
+        if config.seed == 2:
+            sys.exit(self.code)
+"""
+
+
+@pytest.mark.parametrize("launcher", ["single", *LAUNCHERS])
+def test_sys_exit_in_a_job_ends_the_launch_with_that_job_failed_and_saying_why(cli: Cli, launcher: str) -> None:
+    """As in Hydra, a job's SystemExit is not caught as a job failure: it ends the launch,
+    with its code. Its run is FAILED with the SystemExit as the reason (it was "the launcher
+    stopped before this job returned"), the sweep's names it, and nothing is left RUNNING."""
+    (cli.cwd / "exiting.py").write_text(EXITING_MODULE)
+    callback = "+hydra.callbacks.exit._target_=exiting.ExitAtSeed2"
+    if launcher == "single":
+        res, job_dir = cli.train("seed=2", callback), cli.cwd / "outputs" / "run"
+    else:
+        res, job_dir = cli.sweep("seed=1,2,3", callback, *LAUNCHERS[launcher]), cli.cwd / "outputs" / "sweep" / "1"
+    assert res.code == 3, res.stderr
+    assert f"lab: a job exited the launch: SystemExit: 3; traceback in {job_dir / 'traceback.txt'}" in res.stderr
+    assert "sys.exit(self.code)" in (job_dir / "traceback.txt").read_text()
+    runs = store_runs(cli.uri)
+    assert {r.info.status for r in runs} <= TERMINAL
+    [exited] = [r for r in kinds(runs, "job") if r.data.tags["lab.output_dir"] == str(job_dir)]
+    assert (exited.info.status, exited.data.tags["lab.error"]) == ("FAILED", "SystemExit: 3")
+    if launcher != "single":
+        [parent] = kinds(runs, "sweep")
+        assert (parent.info.status, parent.data.tags["lab.error"]) == (
+            "FAILED",
+            "job 1 exited the launch: SystemExit: 3",
+        )
+        assert "| 1 | `seed=2` | FAILED: SystemExit: 3 |" in (job_dir.parent / "summary.md").read_text()
+
+
+def test_sys_exit_0_in_a_job_still_exits_nonzero(cli: Cli) -> None:
+    """``sys.exit()`` or ``sys.exit(0)`` in a job: the launch did not finish, its run FAILED."""
+    (cli.cwd / "exiting.py").write_text(EXITING_MODULE)
+    res = cli.train("seed=2", "+hydra.callbacks.exit._target_=exiting.ExitAtSeed2", "+hydra.callbacks.exit.code=0")
+    assert res.code == 1, res.stderr
+    assert "lab: a job exited the launch: SystemExit: 0;" in res.stderr
+    [run] = store_runs(cli.uri)
+    assert (run.info.status, run.data.tags["lab.error"]) == ("FAILED", "SystemExit: 0")

@@ -266,6 +266,11 @@ def run_job(
         callbacks.on_job_end(config=config, job_return=ret)
 
         return ret
+    except SystemExit as exc:  # not a job failure, here as in Hydra: it ends the launch
+        from lab.tracking import note_job_exit  # imported by then: lab's callback runs the job
+
+        note_job_exit(exc)  # its traceback in the job's dir, written from the job's process
+        raise
     finally:
         HydraConfig.instance().cfg = orig_hydra_cfg
         if _chdir:

@@ -60,7 +60,7 @@ from lab.records import (
     redact_text,
 )
 from lab.summary import STUDY_RESULTS, JobRow, Summary, failure_reason, jobs, summarize_sweep
-from lab.validation import refused_as_usage, task_overrides
+from lab.validation import UsageError, refused_as_usage, task_overrides
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
@@ -156,6 +156,28 @@ def refused() -> None:
     when it runs it)."""
     if _launching is not None:
         _launching._refused = True
+
+
+_running_job: Path | None = None  # this process's job, from lab's on_job_start to its on_job_end
+_exited_job: Path | None = None  # the job that called sys.exit, ending the launch
+
+
+def note_job_exit(exc: SystemExit) -> Path | None:
+    """The dir of the job that raised ``exc``, if one was running: a job (its task or a
+    callback) called ``sys.exit``. Hydra does not catch that as a job failure, and neither
+    does lab: it ends the launch, as in Hydra. Its traceback goes into the job's dir, so that
+    the record the launch's end leaves says why (:meth:`TrackingCallback._end_open_record`),
+    and the dir travels with ``exc`` out of a worker process."""
+    global _running_job, _exited_job
+    job_dir, _running_job = _running_job, None
+    if isinstance(exc, UsageError):  # lab's own refusal of the job's config: no job failure
+        return None
+    if job_dir is not None and job_dir.is_dir():
+        outputs.write_failure(exc, job_dir)
+        exc.lab_job_dir = str(job_dir)  # type: ignore[attr-defined]
+    found = getattr(exc, "lab_job_dir", None)
+    _exited_job = Path(found) if found else None
+    return _exited_job
 
 
 def received_signal() -> int | None:
@@ -530,14 +552,20 @@ class TrackingCallback(Callback):
             self._submit(record, job_dir)
             return
         record.status, record.end_time = status, _now_ms()
+        # the job's own failure says more: a failed on_job_end, or sys.exit in the job
+        own = outputs.file_written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time / 1000)
         if returned:
             record.error = (
-                failure_reason(job_dir, {})  # the job's own failure says more
-                if outputs.file_written_since(job_dir / outputs.TRACEBACK_FILE, record.start_time / 1000)
+                failure_reason(job_dir, {})
+                if own
                 else f"the job returned, but its record was never {'written' if rebuilt else 'completed'}"
             )
         else:
-            record.error = self._interruption(status) or "the launcher stopped before this job returned"
+            record.error = (
+                self._interruption(status)
+                or (failure_reason(job_dir, {}) if own else None)
+                or "the launcher stopped before this job returned"
+            )
         record.tags["lab.error"] = record.error
         record.artifacts = _artifacts(job_dir, record.output_subdir)
         record.save()
@@ -705,7 +733,11 @@ class TrackingCallback(Callback):
     def _sweep_error(self, status: str | None, summary: Summary) -> str:
         """Why the sweep did not finish, in one line, for its parent run's ``lab.error``."""
         if status is not None:
-            return self._interruption(status) or "the launcher stopped before the sweep ended"
+            reason = self._interruption(status)
+            if reason is None and _exited_job is not None and self.launch is not None and self.launch.sweep_dir:
+                job = os.path.relpath(_exited_job, self.launch.sweep_dir)
+                reason = f"job {job} exited the launch: {failure_reason(_exited_job, {})}"
+            return reason or "the launcher stopped before the sweep ended"
         first = summary.failed[0]
         return (
             f"{len(summary.failed)} of {jobs(len(summary.rows))} did not finish; "
@@ -715,6 +747,8 @@ class TrackingCallback(Callback):
     # --- job process -----------------------------------------------------------------
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _running_job
+        _running_job = Path(config.hydra.runtime.output_dir)
         if self.launch is not None and self.launch.client_env:
             os.environ.update(self.launch.client_env)  # before anything resolves ${oc.env:MLFLOW_...}
         job_dir = Path(config.hydra.runtime.output_dir)
@@ -805,6 +839,8 @@ class TrackingCallback(Callback):
         )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        global _running_job
+        _running_job = None
         job_dir = Path(config.hydra.runtime.output_dir)
         num = OmegaConf.select(config, "hydra.job.num", default=None)
         error = None

@@ -83,6 +83,22 @@ def main() -> None:
     except UsageError as exc:
         _refused()
         sys.exit(exc.code)
+    except SystemExit as exc:
+        from lab.tracking import note_job_exit
+
+        job_dir = note_job_exit(exc)
+        if job_dir is None:
+            raise  # Hydra's own (--help, a bad option) or lab's end of the launch (exit 1 or 3)
+        # A job called sys.exit: the launch ended there (Hydra's semantics); its record
+        # and the sweep's are FAILED. The exit status keeps a nonzero code, as in Hydra;
+        # sys.exit() or sys.exit(0) exits 1, since the launch did not finish.
+        where = job_dir / outputs.TRACEBACK_FILE
+        print(
+            redact_text(f"lab: a job exited the launch: {outputs.summarize(exc)}; traceback in {where}"),
+            file=sys.stderr,
+        )
+        code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
+        sys.exit(code)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", None) or _received_signal() or signal.SIGINT
         print(f"lab: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
