@@ -16,7 +16,7 @@ from mlflow.entities import Run
 
 from lab.outputs import write_failure
 from lab.records import JobRecord, join_overrides, redact_text, split_overrides
-from lab.report import numeric_parameters, use_log_scale
+from lab.report import numeric_parameters, use_log_scale, write_report
 from lab.summary import JobRow, Summary, job_dirs, saved_output_subdir, summarize_rows, summarize_sweep
 from tests.conftest import Cli
 from tests.test_cli import by_kind, runs
@@ -284,6 +284,22 @@ def test_swept_numeric_parameters_leave_out_seed_fixed_and_non_numeric_values() 
 def test_jobs_that_differ_only_by_seed_form_one_group_however_seed_is_given() -> None:
     rows = [job([f"{prefix}seed={n}", "model.C=0.1"]) for n, prefix in enumerate(["", "+", "++"])]
     assert [(g.config, g.n) for g in summarize_rows(rows).groups] == [("model.C=0.1", 3)]
+
+
+def test_jobs_whose_overrides_spell_one_number_differently_form_one_group(tmp_path: Path) -> None:
+    """``model.C=1``, ``model.C=1.0`` and ``model.C=1e0`` set the same config (C is a float):
+    one group, labelled as the first job typed it; ``model.C=10`` stays apart."""
+    rows = [
+        JobRow(str(n), [f"seed={n}", f"model.C={c}"], "FINISHED", {"accuracy": a})
+        for n, (c, a) in enumerate([("1", 0.9), ("1.0", 0.8), ("1e0", 0.7), ("10", 0.5)])
+    ]
+    summary = write_report(tmp_path, summarize_rows(rows))
+    assert [(g.config, g.n, round(g.mean["accuracy"], 6)) for g in summary.groups] == [
+        ("model.C=1", 3, 0.8),
+        ("model.C=10", 1, 0.5),
+    ]
+    assert "| `model.C=1` | 3 | 0.8000 ± 0.0816 |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

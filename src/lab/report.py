@@ -161,10 +161,7 @@ class _Plan:
 
     def __init__(self, summary: Summary) -> None:
         self.summary = summary
-        self.members: dict[str, list[JobRow]] = {}
-        for row in summary.rows:
-            if row.status == "FINISHED" and row.config_key is not None:
-                self.members.setdefault(row.config_key, []).append(row)
+        self.members = {group.config: group.members for group in summary.groups}
         self.params = {config: rows[0].params for config, rows in self.members.items()}
         self.varied = list(_varied_parameters(summary.rows))
         self.numeric = numeric_parameters(summary.rows)

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,14 @@ class JobRow:
         return join_overrides(o for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY)
 
     @property
+    def group_key(self) -> str | None:
+        """:attr:`config_key` with each number in one spelling: ``model.C=1`` and
+        ``model.C=1.0`` (or ``1e0``) set the same config, and their jobs form one group."""
+        if self.overrides is None:
+            return None
+        return join_overrides(_one_spelling(o) for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY)
+
+    @property
     def params(self) -> dict[str, str]:
         return dict(o.lstrip("+~").split("=", 1) for o in self.overrides or [] if "=" in o)
 
@@ -71,12 +80,21 @@ class JobRow:
         return "(unknown)" if self.overrides is None else join_overrides(self.overrides)
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _one_spelling(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key}={float(value)!r}" if sep and _NUMBER.fullmatch(value) else override
+
+
 @dataclass
 class Group:
-    config: str
+    config: str  # the first member's config_key, as typed
     n: int
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
+    members: list[JobRow] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass
@@ -217,11 +235,11 @@ def summarize_rows(rows: list[JobRow]) -> Summary:
     names = sorted({m for r in rows for m in r.metrics})
     by_config: dict[str, list[JobRow]] = {}
     for r in rows:
-        if r.status == "FINISHED" and r.config_key is not None:
-            by_config.setdefault(r.config_key, []).append(r)
+        if r.status == "FINISHED" and r.group_key is not None:
+            by_config.setdefault(r.group_key, []).append(r)
     groups = []
-    for config, members in by_config.items():
-        g = Group(config, len(members))
+    for members in by_config.values():
+        g = Group(str(members[0].config_key), len(members), members=members)
         for m in names:
             values = [r.metrics[m] for r in members if m in r.metrics]
             if values:
