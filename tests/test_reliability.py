@@ -97,6 +97,52 @@ def test_interrupted_sweep_ends_killed_and_starts_nothing_more(
     assert "killed" in (cli.cwd / "outputs" / "sweep" / "summary.md").read_text().lower()
 
 
+# A finalizer that the garbage collector happens to run when the interrupt comes: Python
+# prints "Exception ignored in" for what lab's handler raised there, and goes on.
+SLOW_FINALIZER = """
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+class Slow:
+    def __del__(self):
+        Path("in-finalizer").touch()
+        time.sleep(5)
+
+
+class SlowFinalizerAtSeed2(Callback):
+    def on_job_end(self, config, job_return, **kwargs):
+        if config.seed == 2:
+            Slow()  # dropped at once: its __del__ runs here
+"""
+
+
+def test_an_interrupt_swallowed_by_a_finalizer_still_stops_the_sweep(cli: Cli) -> None:
+    """It used to be lost: the sweep ran all its jobs, FINISHED, and then exited 130."""
+    (cli.cwd / "finalizer.py").write_text(SLOW_FINALIZER)
+    callback = "+hydra.callbacks.slow._target_=finalizer.SlowFinalizerAtSeed2"
+    proc = cli.start("--multirun", "seed=1,2,3,4,5", callback, "hydra.sweep.dir=outputs/sweep")
+    deadline = time.monotonic() + 60
+    while not (cli.cwd / "in-finalizer").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the finalizer never ran"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = cli.finish(proc)
+    assert proc.returncode == 130, err
+    assert "Exception ignored in" in err  # Python's report of the swallowed Interrupted
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    assert (parent.info.status, parent.data.tags["lab.error"]) == ("KILLED", "interrupted by SIGINT")
+    # seed=2 had trained and written its outputs: FINISHED; no later job started
+    assert sorted((r.data.params["seed"], r.info.status) for r in kinds(runs, "job")) == [
+        ("1", "FINISHED"),
+        ("2", "FINISHED"),
+    ]
+    assert sorted(d.name for d in (cli.cwd / "outputs" / "sweep").iterdir() if d.name.isdigit()) == ["0", "1"]
+
+
 # An interrupt lands between any two bytecodes. In OmegaConf setting a value, its clean-up
 # then raised AttributeError on the half-set node, and the launch exited 1 as a failed job
 # (2 of 42 joblib sweeps interrupted during the jobs' validation). Here the same happens,

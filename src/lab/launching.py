@@ -328,8 +328,11 @@ class LabLauncher(BasicLauncher):
             _log_jobs(jobs)
             return launch_forked(self, jobs, workers)
         log.info(f"Launching {len(jobs)} jobs locally")
+        from lab.tracking import raise_missed_interrupt
+
         runs: list[JobReturn] = []
         for job in jobs:
+            raise_missed_interrupt()
             _log_jobs([job])
             runs.append(self.run(*job))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the launcher's, again
@@ -442,6 +445,8 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
     """Run ``jobs`` on ``workers`` processes forked from this one; their returns, in job order."""
     from multiprocessing.connection import wait
 
+    from lab.tracking import raise_missed_interrupt
+
     global _forked_from
     _forked_from = launcher
     # every worker trains: import scikit-learn once, here, rather than in each worker at its
@@ -460,6 +465,7 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
         while len(returns) < len(jobs):
             busy = [w for w in pool if w.job is not None]
             ready = set(wait([c for w in busy for c in (w.returns, w.process.sentinel)]))
+            raise_missed_interrupt()
             for worker in busy:
                 if worker.returns in ready or worker.process.sentinel in ready:
                     position, ret = worker.receive()

@@ -180,6 +180,16 @@ def note_job_exit(exc: SystemExit) -> Path | None:
     return _exited_job
 
 
+def raise_missed_interrupt() -> None:
+    """Raise again an interrupt that was swallowed. lab's SIGINT/SIGTERM handler raises
+    :class:`Interrupted` wherever the main thread is; in a finalizer (an object's
+    ``__del__`` or a weakref callback, which the garbage collector runs at any point)
+    Python only prints "Exception ignored in ..." and goes on, and the sweep would run to
+    its end. The launcher calls this between jobs, so that the launch stops there."""
+    if _launching is not None and _launching._signal is not None and not _launching._ending:
+        raise Interrupted(_launching._signal)
+
+
 def received_signal() -> int | None:
     """The SIGINT or SIGTERM that interrupted the launch, if one did. An interrupt may reach
     lab.train as a plain KeyboardInterrupt (Ray's ``ray.get`` raises its own)."""
