@@ -1020,27 +1020,32 @@ from hydra.experimental.callback import Callback
 
 
 class ExitAtSeed2(Callback):  # a user's callback that ends the launch from inside a job
-    def __init__(self, code=3):
-        self.code = code
+    def __init__(self, code=3, at="start"):
+        self.code, self.at = code, at
 
     def on_job_start(self, config, **kwargs):
-        if config.seed == 2:
+        if config.seed == 2 and self.at == "start":
+            sys.exit(self.code)
+
+    def on_job_end(self, config, job_return, **kwargs):  # before lab's: Hydra ends callbacks in reverse
+        if config.seed == 2 and self.at == "end":
             sys.exit(self.code)
 """
 
 
 @pytest.mark.parametrize("launcher", ["single", *LAUNCHERS])
 def test_sys_exit_in_a_job_ends_the_launch_with_that_job_failed_and_saying_why(cli: Cli, launcher: str) -> None:
-    """As in Hydra, a job's SystemExit is not caught as a job failure: it ends the launch,
-    with its code. Its run is FAILED with the SystemExit as the reason (it was "the launcher
-    stopped before this job returned"), the sweep's names it, and nothing is left RUNNING."""
+    """As in Hydra, a job's SystemExit is not caught as a job failure: it ends the launch
+    (exit 1: lab's 3 would mean "records pending"). Its run is FAILED with the SystemExit
+    as the reason (it was "the launcher stopped before this job returned"), the sweep's
+    names it, and nothing is left RUNNING."""
     (cli.cwd / "exiting.py").write_text(EXITING_MODULE)
     callback = "+hydra.callbacks.exit._target_=exiting.ExitAtSeed2"
     if launcher == "single":
         res, job_dir = cli.train("seed=2", callback), cli.cwd / "outputs" / "run"
     else:
         res, job_dir = cli.sweep("seed=1,2,3", callback, *LAUNCHERS[launcher]), cli.cwd / "outputs" / "sweep" / "1"
-    assert res.code == 3, res.stderr
+    assert res.code == 1, res.stderr
     assert f"lab: a job exited the launch: SystemExit: 3; traceback in {job_dir / 'traceback.txt'}" in res.stderr
     assert "sys.exit(self.code)" in (job_dir / "traceback.txt").read_text()
     runs = store_runs(cli.uri)
@@ -1054,6 +1059,21 @@ def test_sys_exit_in_a_job_ends_the_launch_with_that_job_failed_and_saying_why(c
             "job 1 exited the launch: SystemExit: 3",
         )
         assert "| 1 | `seed=2` | FAILED: SystemExit: 3 |" in (job_dir.parent / "summary.md").read_text()
+
+
+def test_sys_exit_in_a_callbacks_job_end_leaves_the_trained_job_finished(cli: Cli) -> None:
+    """The job had trained and written its metrics when the callback exited: nothing of it
+    is lost (FINISHED), and the launch still says which job ended it."""
+    (cli.cwd / "exiting.py").write_text(EXITING_MODULE)
+    res = cli.sweep("seed=1,2,3", "+hydra.callbacks.exit._target_=exiting.ExitAtSeed2", "+hydra.callbacks.exit.at=end")
+    assert res.code == 1, res.stderr
+    assert "lab: a job exited the launch: SystemExit: 3; traceback in" in res.stderr
+    runs = store_runs(cli.uri)
+    [parent] = kinds(runs, "sweep")
+    assert (parent.info.status, parent.data.tags["lab.error"]) == ("FAILED", "job 1 exited the launch: SystemExit: 3")
+    jobs = {r.data.params["seed"]: r for r in kinds(runs, "job")}
+    assert sorted(jobs) == ["1", "2"]  # seed=3 never started
+    assert jobs["2"].info.status == "FINISHED" and jobs["2"].data.metrics["accuracy"] > 0.8
 
 
 def test_sys_exit_0_in_a_job_still_exits_nonzero(cli: Cli) -> None:

@@ -300,6 +300,8 @@ def test_jobs_whose_overrides_spell_one_number_differently_form_one_group(tmp_pa
     ]
     assert "| `model.C=1` | 3 | 0.8000 ± 0.0816 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "report.png").stat().st_size > 0
+    assert numeric_parameters(rows[:3]) == []  # model.C takes one value there, however spelled
+    assert numeric_parameters(rows) == ["model.C"]
 
 
 @pytest.mark.parametrize(

@@ -447,6 +447,7 @@ def launch_forked(launcher: LabLauncher, jobs: list[tuple[int, list[str]]], work
 
     from lab.tracking import raise_missed_interrupt
 
+    raise_missed_interrupt()  # before forking workers for this batch (an Optuna sweep has several)
     global _forked_from
     _forked_from = launcher
     # every worker trains: import scikit-learn once, here, rather than in each worker at its

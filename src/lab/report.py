@@ -35,6 +35,7 @@ from lab.summary import (
     Summary,
     job_dirs,
     jobs,
+    same_value,
     saved_output_subdir,
     summarize_rows,
     summarize_sweep,
@@ -121,7 +122,7 @@ def _varied_parameters(rows: Sequence[JobRow]) -> dict[str, set[str]]:
     seen: dict[str, set[str]] = {}
     for row in rows:
         for key, value in row.params.items():
-            seen.setdefault(key, set()).add(value)
+            seen.setdefault(key, set()).add(same_value(value))
     return {key: values for key, values in seen.items() if key != SEED_KEY and len(values) > 1}
 
 
@@ -170,7 +171,8 @@ class _Plan:
         self.constant = {
             key: value
             for key, value in (shared[0] if shared else {}).items()
-            if key != SEED_KEY and all(params.get(key) == value for params in shared)
+            if key != SEED_KEY
+            and all(key in params and same_value(params[key]) == same_value(value) for params in shared)
         }
 
     def label(self, group: Group, without: str | None = None) -> str:

@@ -17,6 +17,7 @@ import os
 import re
 import statistics
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "Summary",
     "job_dirs",
     "jobs",
+    "same_value",
     "saved_output_subdir",
     "summarize_rows",
     "summarize_sweep",
@@ -80,12 +82,20 @@ class JobRow:
         return "(unknown)" if self.overrides is None else join_overrides(self.overrides)
 
 
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def same_value(value: str) -> str:
+    """One spelling of an override's value, for comparing: a number's exact value
+    (``1``, ``1.0``, ``1e0`` and ``01`` are all ``1``), anything else as it is. A string
+    field given numerals (``tracking.experiment=1`` and ``=1.0``) would compare equal too;
+    no sweep of lab's configs varies one that way."""
+    return str(Decimal(value).normalize()) if _NUMBER.fullmatch(value) else value
 
 
 def _one_spelling(override: str) -> str:
     key, sep, value = override.partition("=")
-    return f"{key}={float(value)!r}" if sep and _NUMBER.fullmatch(value) else override
+    return f"{key}={same_value(value)}" if sep else override
 
 
 @dataclass

@@ -173,7 +173,8 @@ def note_job_exit(exc: SystemExit) -> Path | None:
     if isinstance(exc, UsageError):  # lab's own refusal of the job's config: no job failure
         return None
     if job_dir is not None and job_dir.is_dir():
-        outputs.write_failure(exc, job_dir)
+        with contextlib.suppress(OSError):  # a full disk must not hide the exit itself
+            outputs.write_failure(exc, job_dir)
         exc.lab_job_dir = str(job_dir)  # type: ignore[attr-defined]
     found = getattr(exc, "lab_job_dir", None)
     _exited_job = Path(found) if found else None

@@ -89,16 +89,12 @@ def main() -> None:
         job_dir = note_job_exit(exc)
         if job_dir is None:
             raise  # Hydra's own (--help, a bad option) or lab's end of the launch (exit 1 or 3)
-        # A job called sys.exit: the launch ended there (Hydra's semantics); its record
-        # and the sweep's are FAILED. The exit status keeps a nonzero code, as in Hydra;
-        # sys.exit() or sys.exit(0) exits 1, since the launch did not finish.
+        # A job called sys.exit: the launch ended there, as in Hydra. lab exits 1, as for a
+        # failed job, whatever the code: 2, 3 and 128+n already say other things here.
         where = job_dir / outputs.TRACEBACK_FILE
-        print(
-            redact_text(f"lab: a job exited the launch: {outputs.summarize(exc)}; traceback in {where}"),
-            file=sys.stderr,
-        )
-        code = exc.code if isinstance(exc.code, int) and exc.code != 0 else 1
-        sys.exit(code)
+        told = f"; traceback in {where}" if where.exists() else ""
+        print(redact_text(f"lab: a job exited the launch: {outputs.summarize(exc)}{told}"), file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", None) or _received_signal() or signal.SIGINT
         print(f"lab: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
