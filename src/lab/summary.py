@@ -58,19 +58,22 @@ class JobRow:
 
     @property
     def config_key(self) -> str | None:
-        """The overrides without the seed: jobs that share it differ only by seed. None
-        when the overrides are not known: such a job is in no group."""
-        if self.overrides is None:
-            return None
-        return join_overrides(o for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY)
+        """The overrides without the seed, as typed: jobs that share it differ only by seed.
+        None when the overrides are not known: such a job is in no group."""
+        overrides = self._without_seed()
+        return None if overrides is None else join_overrides(overrides)
 
     @property
     def group_key(self) -> str | None:
         """:attr:`config_key` with each number in one spelling: ``model.C=1`` and
         ``model.C=1.0`` (or ``1e0``) set the same config, and their jobs form one group."""
+        overrides = self._without_seed()
+        return None if overrides is None else join_overrides(map(_one_spelling, overrides))
+
+    def _without_seed(self) -> list[str] | None:
         if self.overrides is None:
             return None
-        return join_overrides(_one_spelling(o) for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY)
+        return [o for o in self.overrides if o.split("=", 1)[0].lstrip("+") != SEED_KEY]
 
     @property
     def params(self) -> dict[str, str]:
@@ -248,8 +251,8 @@ def summarize_rows(rows: list[JobRow]) -> Summary:
         if r.status == "FINISHED" and r.group_key is not None:
             by_config.setdefault(r.group_key, []).append(r)
     groups = []
-    for members in by_config.values():
-        g = Group(str(members[0].config_key), len(members), members=members)
+    for key, members in by_config.items():
+        g = Group(members[0].config_key or key, len(members), members=members)
         for m in names:
             values = [r.metrics[m] for r in members if m in r.metrics]
             if values:
