@@ -287,20 +287,21 @@ def test_jobs_that_differ_only_by_seed_form_one_group_however_seed_is_given() ->
 
 
 def test_jobs_whose_overrides_spell_one_number_differently_form_one_group(tmp_path: Path) -> None:
-    """``model.C=1``, ``model.C=1.0`` and ``model.C=1e0`` set the same config (C is a float):
-    one group, labelled as the first job typed it; ``model.C=10`` stays apart."""
+    """``model.C=1``, ``model.C=1.0``, ``model.C=1e0`` and ``++model.C=1`` set the same config
+    (C is a float): one group, labelled as the first job typed it; ``model.C=10`` stays apart."""
     rows = [
         JobRow(str(n), [f"seed={n}", f"model.C={c}"], "FINISHED", {"accuracy": a})
         for n, (c, a) in enumerate([("1", 0.9), ("1.0", 0.8), ("1e0", 0.7), ("10", 0.5)])
     ]
+    rows.insert(3, JobRow("3b", ["++seed=5", "++model.C=1"], "FINISHED", {"accuracy": 0.8}))
     summary = write_report(tmp_path, summarize_rows(rows))
     assert [(g.config, g.n, round(g.mean["accuracy"], 6)) for g in summary.groups] == [
-        ("model.C=1", 3, 0.8),
+        ("model.C=1", 4, 0.8),
         ("model.C=10", 1, 0.5),
     ]
-    assert "| `model.C=1` | 3 | 0.8000 ± 0.0816 |" in (tmp_path / "summary.md").read_text()
+    assert "| `model.C=1` | 4 | 0.8000 ± 0.0707 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "report.png").stat().st_size > 0
-    assert numeric_parameters(rows[:3]) == []  # model.C takes one value there, however spelled
+    assert numeric_parameters(rows[:4]) == []  # model.C takes one value there, however spelled
     assert numeric_parameters(rows) == ["model.C"]
 
 

@@ -65,8 +65,8 @@ class JobRow:
 
     @property
     def group_key(self) -> str | None:
-        """:attr:`config_key` with each number in one spelling: ``model.C=1`` and
-        ``model.C=1.0`` (or ``1e0``) set the same config, and their jobs form one group."""
+        """:attr:`config_key` in one spelling: ``model.C=1``, ``model.C=1.0``, ``1e0`` and
+        ``++model.C=1`` set the same config, and their jobs form one group."""
         overrides = self._without_seed()
         return None if overrides is None else join_overrides(map(_one_spelling, overrides))
 
@@ -97,8 +97,10 @@ def same_value(value: str) -> str:
 
 
 def _one_spelling(override: str) -> str:
+    """``key=value`` with the value in :func:`same_value`'s spelling and no ``+``/``++``:
+    setting, adding and force-adding a key give the same config (``~`` deletes: kept)."""
     key, sep, value = override.partition("=")
-    return f"{key}={same_value(value)}" if sep else override
+    return f"{key.lstrip('+')}={same_value(value)}" if sep else override
 
 
 @dataclass
