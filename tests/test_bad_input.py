@@ -85,7 +85,13 @@ CASES = [
     # where a job writes: its own dir, inside which its .hydra files stay, and a named log
     (["hydra.output_subdir=/tmp/abs"], "hydra.output_subdir='/tmp/abs': null, or a relative dir inside the job's"),
     (["--multirun", "seed=1,2", "hydra.output_subdir=../x"], "hydra.output_subdir='../x': null, or a relative dir"),
-    (["hydra.job.name="], "hydra.job.name='': a non-empty name: the job's log is <name>.log"),
+    (["hydra.job.name="], "hydra.job.name='': a non-empty file name, without '/': the job's log is <name>.log"),
+    (["hydra.job.name=a/b"], "hydra.job.name='a/b': a non-empty file name, without '/'"),
+    (["--multirun", "seed=1,2", "hydra.job.name=../../escape"], "hydra.job.name='../../escape': a non-empty file"),
+    # a dir named as a file lab writes beside it would stop that file being written
+    (["hydra.output_subdir=metrics.json"], "hydra.output_subdir='metrics.json': a dir named other than the files"),
+    (["--multirun", "seed=1,2", "hydra.output_subdir=tracking.json"], "hydra.output_subdir='tracking.json': a dir"),
+    (["hydra.job.name=fit", "hydra.output_subdir=fit.log/x"], "hydra.output_subdir='fit.log/x': a dir named other"),
     (
         ["--multirun", "seed=1,2", "hydra.sweep.subdir=x"],
         "hydra.sweep.subdir='x': a dir of each job's own, but job #0 writes into ",
@@ -221,8 +227,18 @@ def test_bad_input_is_rejected_up_front(cli: Cli, args: list[str], expected: str
             ["--multirun", "seed=1,2", "hydra.sweep.dir=/proc/lab-test"],
             "error: hydra.sweep.dir='/proc/lab-test': a dir that can be created here (No such file or directory)",
         ),
+        (["hydra.run.dir=/proc/lab-test"], "error: hydra.run.dir='/proc/lab-test': a dir that can be created here"),
+        (["hydra.run.dir=mlflow.db"], "error: hydra.run.dir='mlflow.db': a dir that can be created here "),
+        (["hydra.run.dir=mlflow.db/run"], "error: hydra.run.dir='mlflow.db/run': a dir that can be created"),
     ],
-    ids=["empty run dir", "empty sweep dir", "sweep dir that cannot be made"],
+    ids=[
+        "empty run dir",
+        "empty sweep dir",
+        "sweep dir that cannot be made",
+        "run dir that cannot be made",
+        "run dir that is a file",
+        "run dir below a file",
+    ],
 )
 def test_an_output_dir_that_is_empty_or_cannot_be_made_is_refused(cli: Cli, args: list[str], expected: str) -> None:
     """Hydra takes an empty dir for the working dir: the outputs would land in it."""
@@ -232,6 +248,60 @@ def test_an_output_dir_that_is_empty_or_cannot_be_made_is_refused(cli: Cli, args
     assert res.stderr.startswith(expected), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert sorted(cli.cwd.iterdir()) == before  # nothing written, here or in a store
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        (
+            "sweep",
+            ["hydra.run.dir=outputs/sweep"],
+            "hydra.run.dir='outputs/sweep': a dir for a run; this one holds a sweep's",
+        ),
+        (
+            "sweep",
+            ["hydra.run.dir=outputs/sweep/1"],
+            "hydra.run.dir='outputs/sweep/1': a dir for a run; this one holds a sweep job's",
+        ),
+        (
+            "run",
+            ["--multirun", "seed=1,2", "hydra.sweep.dir=outputs/run"],
+            "hydra.sweep.dir='outputs/run': a dir for a sweep; this one holds a run's",
+        ),
+        (
+            "sweep",
+            ["--multirun", "seed=3", "hydra.sweep.dir=outputs/sweep/0"],
+            "a dir for a sweep; this one holds a sweep job's",
+        ),
+        ("sweep", ["--multirun", "search=optuna", "hydra.sweep.dir=outputs/sweep/0"], "this one holds a sweep job's"),
+    ],
+    ids=[
+        "run into a sweep's dir",
+        "run into a sweep job's dir",
+        "sweep into a run's dir",
+        "sweep into a job's dir",
+        "optuna",
+    ],
+)
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
+def test_a_launch_into_a_dir_of_another_kind_is_refused(
+    cli: Cli, first: str, second: list[str], expected: str, tracked: bool
+) -> None:
+    """A single run re-uses its dir, a sweep its dir; but a run into a sweep's dir (or a
+    job's) would replace that sweep's record, and a sweep into a run's the run's: MLflow and
+    ``lab.reproduce`` would then read one launch's record as the other's."""
+    extra = ["tracking.log_model=false"] if tracked else ["tracking=none"]
+    made = cli.sweep("seed=1,2", *extra) if first == "sweep" else cli.train(*extra)
+    assert made.code == 0, made.stderr
+    outputs = cli.cwd / "outputs"
+    before = {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()}
+    runs = len(store_runs(cli.uri))
+    res = cli.run(*second, *extra)
+    assert res.code == 2, (res.stdout, res.stderr)
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("error: ") and expected in line, res.stderr
+    assert {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()} == before
+    assert len(store_runs(cli.uri)) == runs
 
 
 WITHOUT_RAY = """

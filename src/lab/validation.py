@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,8 +31,9 @@ from omegaconf.errors import (
 from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
+from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE
 from lab.publishing import check_uri, resolve_uri
-from lab.records import redact_text
+from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json, redact_text
 
 __all__ = [
     "UsageError",
@@ -50,6 +52,7 @@ __all__ = [
 USAGE_EXIT = 2
 SWEEP_DIR_ALLOWED = "a dir for the sweep (lab's default: outputs/sweeps/${now:…})"
 DEFAULT_SUBDIR = "${hydra.job.num}"  # lab's hydra.sweep.subdir, as Hydra's
+JOB_FILES = (METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, RECORD_FILE, SYNCED_FILE, PENDING_NOTE)  # in a job's dir
 
 
 class UsageError(SystemExit):
@@ -99,12 +102,18 @@ def check_output_paths(cfg: DictConfig) -> None:
             _need_path("hydra.sweep.subdir", subdir, allowed, inside=True, below=True)
     else:
         _need_path("hydra.run.dir", hydra.run.dir, "a dir for the run (lab's default: outputs/runs/${now:…})")
+    name = str(hydra.job.name)
+    if name in ("", ".", "..") or "/" in name or "\0" in name:  # `a/b` would log into a/
+        raise ConfigError("hydra.job.name", name, "a non-empty file name, without '/': the job's log is <name>.log")
     output_subdir = hydra.output_subdir
     if output_subdir is not None:
         allowed = "null, or a relative dir inside the job's dir (Hydra's default: .hydra)"
         _need_path("hydra.output_subdir", output_subdir, allowed, inside=True)
-    if hydra.job.name == "":
-        raise ConfigError("hydra.job.name", "", "a non-empty name: the job's log is <name>.log")
+        # a dir named as one of lab's files would stop lab writing that file
+        taken = (*JOB_FILES, f"{name}.log")
+        if os.path.normpath(str(output_subdir)).split("/")[0] in taken:
+            allowed = f"a dir named other than the files lab writes beside it ({', '.join(taken)})"
+            raise ConfigError("hydra.output_subdir", str(output_subdir), allowed)
 
 
 def sweep_subdir(cfg: DictConfig) -> str | None:
@@ -130,6 +139,58 @@ def _need_path(key: str, value: Any, allowed: str, *, inside: bool = False, belo
         or (below and normal == ".")
     ):
         raise ConfigError(key, text, allowed)
+
+
+def check_dir_kind(key: str, path: str, kind: str) -> None:
+    """A single run's dir (``kind`` "run") or a sweep's ("sweep") may be one an earlier
+    launch of the same kind wrote, but not one that holds another kind's outputs: a run
+    into a sweep's dir, or into one job's dir of a sweep, would replace that sweep's or
+    job's record (and a sweep into a run's dir the run's), which MLflow and
+    ``lab.reproduce`` then read as this launch's. Raises :class:`ConfigError`."""
+    held = _dir_kind(Path(path))
+    if held is not None and held != kind:
+        raise ConfigError(key, path, f"a dir for a {kind}; this one holds a {held}'s outputs")
+
+
+def _dir_kind(path: Path) -> str | None:
+    """What launch wrote ``path``: "run", "sweep", "sweep job", or None (none, or unknown)."""
+    try:
+        record = read_json(path / RECORD_FILE)
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict):
+        tags = record.get("tags")
+        if isinstance(tags, dict) and tags.get("lab.kind") == "sweep":
+            return "sweep"
+        return "sweep job" if record.get("parent_uid") else "run"
+    if (path / "multirun.yaml").is_file():  # an untracked sweep's
+        return "sweep"
+    if (path / METRICS_FILE).is_file():  # an untracked job's
+        return "sweep job" if (path.parent / "multirun.yaml").is_file() else "run"
+    return None
+
+
+def why_not_creatable(path: str) -> str | None:
+    """Why ``path`` cannot be made a dir (as ``os.strerror`` says it), or None. Tried in its
+    nearest existing ancestor, with a dir that is removed again: nothing is left behind."""
+    import errno
+    import tempfile
+
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        return None
+    if target.exists() or target.is_symlink():
+        return os.strerror(errno.EEXIST)
+    base = target.parent
+    while not (base.exists() or base.is_symlink()):
+        base = base.parent
+    if not base.is_dir():
+        return os.strerror(errno.ENOTDIR)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lab-probe-", dir=base))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def describe(exc: BaseException) -> str | None:
@@ -301,10 +362,16 @@ class ValidationCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with refused_as_usage(config):
             check_job(config)
+            run_dir = str(config.hydra.run.dir)
+            check_dir_kind("hydra.run.dir", run_dir, "run")
+            problem = why_not_creatable(run_dir)
+            if problem:
+                raise ConfigError("hydra.run.dir", run_dir, f"a dir that can be created here ({problem})")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with refused_as_usage(config):  # here, before lab's tracking pins it (an empty dir: the cwd)
             _need_path("hydra.sweep.dir", config.hydra.sweep.dir, SWEEP_DIR_ALLOWED)
+            check_dir_kind("hydra.sweep.dir", str(config.hydra.sweep.dir), "sweep")
         # lab's sweeper checks every job before the first; Optuna's knows a trial's values
         # only when it proposes it (and Hydra's basic one composes each job when it runs
         # it), but a bad fixed override (`split.test_size=2`) would fail every job: the
