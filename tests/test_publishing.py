@@ -31,8 +31,8 @@ from lab.publishing import (
     spawn,
     write_model_dir,
 )
-from lab.records import PENDING_NOTE, JobRecord, enqueue
-from lab.runs import reap
+from lab.records import PENDING_NOTE, PUBLISHER_FILE, QUEUE_DIR, JobRecord, enqueue
+from lab.runs import live_launch, pending_records, reap
 from lab.train import CONFIG_DIR
 from lab.training import load_dataset, train
 from tests.conftest import MakeConfig
@@ -137,6 +137,41 @@ def test_the_background_publisher_logs_a_model_without_loading_pandas_or_pyarrow
     mlflow.set_tracking_uri(uri)
     X, _ = load_dataset("iris")
     assert np.array_equal(mlflow.sklearn.load_model(f"runs:/{run_id}/model").predict(X), result.model.predict(X))
+
+
+def test_a_launchs_records_are_left_to_its_publisher_while_it_drains(
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After its launcher died (SIGKILL), a launch's publisher goes on publishing what the
+    launcher queued; `lab.runs sync` and `pending` leave the launch's records to it until it
+    has ended, and take them from a dead one."""
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    run_dir = tmp_path / "outputs" / "run"
+    job_record(store_uri, run_dir, "run", tags={"lab.host": host, "lab.pid": str(dead.pid)}).save()
+    [record] = pending_records(tmp_path / "outputs")
+    assert live_launch(record, host) is None  # no launcher, no publisher
+    proc = assign(spawn(), run_dir / QUEUE_DIR, store_uri, open_store=False, env={})
+    try:
+        for _ in range(1200):
+            if (run_dir / QUEUE_DIR / PUBLISHER_FILE).exists():
+                break
+            time.sleep(0.05)
+        assert live_launch(record, host) == f"publisher {proc.pid}"
+        assert pending_records(tmp_path / "outputs") == []
+        assert "lab: left 1 record(s) to the launch still running (publisher " in capsys.readouterr().err
+        assert live_launch(record, "another-host") is None
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    assert not (run_dir / QUEUE_DIR).exists()  # the publisher took its file with it
+    assert live_launch(record, host) is None
+    (run_dir / QUEUE_DIR).mkdir()
+    (run_dir / QUEUE_DIR / PUBLISHER_FILE).write_text(f"{proc.pid} {host}\n")  # as a killed one leaves it
+    assert live_launch(record, host) is None
+    assert [r.uid for r in pending_records(tmp_path / "outputs")] == ["launch-run"]
 
 
 HDFS_CHECK = """

@@ -250,6 +250,65 @@ def killed_sweep(cli: Cli, *args: str, stalls: int = 1) -> tuple[Run, list[Run]]
     return parent, [r for r in kinds(runs, "job") if r.data.tags["lab.sweep_uid"] == uid]
 
 
+# Holds a sweep's second job after lab's tracking recorded its start, until a file "go"
+# appears in the launch's working dir.
+GATE_MODULE = """
+import time
+from pathlib import Path
+from hydra.experimental.callback import Callback
+
+
+class GateSecondJob(Callback):
+    def on_job_start(self, config, **kwargs):
+        if config.hydra.job.num == 1:
+            Path("gated").touch()
+            deadline = time.monotonic() + 120
+            while not Path("go").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("background", ["true", "false"], ids=["background", "inline"])
+def test_sync_during_a_launch_leaves_its_records_to_it(cli: Cli, background: str) -> None:
+    """`lab.runs sync` while a sweep runs would race the sweep's own publishing: both would
+    create the run of a job whose record is not yet published, and MLflow would hold two
+    (one of them left RUNNING). It leaves a live launch's records to the launch, saying so."""
+    (cli.cwd / "gate.py").write_text(GATE_MODULE)
+    proc = cli.start(
+        "--multirun",
+        "seed=1,2,3",
+        "hydra.sweep.dir=outputs/sweep",
+        "tracking.log_model=false",
+        f"tracking.background={background}",
+        "+hydra.callbacks.gate._target_=gate.GateSecondJob",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (cli.cwd / "gated").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        # job 1's record as it is in the moment before its publisher takes it: not in MLflow
+        (cli.cwd / "outputs" / "sweep" / "1" / "tracking.synced.json").unlink(missing_ok=True)
+        # the sweep's record and job 1's: RUNNING, and not in MLflow as such
+        left = f"lab: left 2 record(s) to the launch still running (process {proc.pid}), which publishes them"
+        pending = cli.run("pending", "outputs", module="lab.runs")
+        assert (pending.code, pending.stdout) == (0, ""), pending
+        assert left in pending.stderr
+        synced = cli.run("sync", "outputs", module="lab.runs")
+        assert synced.code == 0, synced.stderr
+        assert "lab: 0 record(s) synced" in synced.stdout
+        assert left in synced.stderr
+    finally:
+        (cli.cwd / "go").touch()
+    _, err = cli.finish(proc)
+    assert proc.returncode == 0, err
+    runs = store_runs(cli.uri)
+    jobs = kinds(runs, "job")
+    assert sorted(r.data.tags["lab.job_num"] for r in jobs) == ["0", "1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert cli.run("pending", "outputs", module="lab.runs").stdout == ""
+
+
 @pytest.mark.slow
 def test_interrupted_launch_says_which_records_are_pending(cli: Cli) -> None:
     """An interrupted launch whose records did not all reach MLflow says so, as a launch

@@ -28,6 +28,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from lab.records import HYDRA_FILES, PENDING_NOTE, SYNCED_FILE, JobRecord, read_json, redact_text, write_json
+from lab.records import (
+    HYDRA_FILES,
+    PENDING_NOTE,
+    PUBLISHER_FILE,
+    SYNCED_FILE,
+    JobRecord,
+    read_json,
+    redact_text,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -669,6 +679,11 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
     validate later) creates no store.
     """
     session = _Session(uri)
+    # while this file names a live publisher, `lab.runs sync` leaves this launch's records to it
+    presence = queue_dir / PUBLISHER_FILE
+    with contextlib.suppress(OSError):
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        presence.write_text(f"{os.getpid()} {socket.gethostname()}\n")
     if open_store:
         session.connect()
     open_input = True
@@ -690,6 +705,7 @@ def serve(queue_dir: Path, uri: str, open_store: bool) -> int:
     if session.open_jobs:
         session.abandon_open_jobs()
     session.abandon_open_sweeps()
+    presence.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # absent, or late events: they stay for `lab.runs sync`
         queue_dir.rmdir()
     return 0 if session.broken is None and session.failures == 0 else 3

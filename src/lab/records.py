@@ -24,6 +24,8 @@ from typing import Any
 __all__ = [
     "HYDRA_FILES",
     "PENDING_NOTE",
+    "PUBLISHER_FILE",
+    "QUEUE_DIR",
     "RECORD_FILE",
     "SYNCED_FILE",
     "JobRecord",
@@ -41,6 +43,8 @@ SYNCED_FILE = "tracking.synced.json"
 PENDING_NOTE = "tracking.error.txt"  # written when publishing failed; removed by a later sync
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in hydra.output_subdir
+QUEUE_DIR = ".lab-queue"  # a launch's events for its background publisher, in its sweep or run dir
+PUBLISHER_FILE = "publisher"  # in QUEUE_DIR while a publisher drains it: "<pid> <host>"
 
 
 # the user-info part of any URL: scheme://user:secret@host (in a job's overrides, Hydra's

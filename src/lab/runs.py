@@ -5,7 +5,8 @@
     missing or incomplete, e.g. after the tracking server was down) to the store it was
     meant for (``--force``: to this one, whichever that was). Idempotent: runs are found
     again by their ``lab.job_uid`` / ``lab.sweep_uid`` tags, so a second sync creates
-    nothing new.
+    nothing new. Records of a launch still running on this host (its launcher, or its
+    publisher draining after the launcher died) are left to it, saying so.
 ``reap``
     End runs abandoned by a killed process: RUNNING runs whose ``lab.host`` is this host
     and whose process is gone become FAILED, with the reason in ``lab.error``; records
@@ -43,14 +44,62 @@ from lab.publishing import (
     redact,
     resolve_uri,
 )
-from lab.records import PENDING_NOTE, JobRecord, find_records
+from lab.records import PENDING_NOTE, PUBLISHER_FILE, QUEUE_DIR, JobRecord, find_records
 
-__all__ = ["main", "pending_records", "reap", "sync"]
+__all__ = ["live_launch", "main", "pending_records", "reap", "sync"]
 
 
 def pending_records(root: Path) -> list[JobRecord]:
-    """Records under ``root`` whose MLflow run is missing or behind the record."""
-    return [record for record in map(JobRecord.load, find_records(root)) if not record.synced]
+    """Records under ``root`` whose MLflow run is missing or behind the record, but for
+    those of a launch still running on this host, which publishes them itself: a sync
+    beside it would race its publisher, and both would create the job's run. Those are
+    counted on stderr."""
+    host = socket.gethostname()
+    pending: list[JobRecord] = []
+    live: dict[str, int] = {}
+    for record in map(JobRecord.load, find_records(root)):
+        if record.synced:
+            continue
+        process = live_launch(record, host)
+        if process is None:
+            pending.append(record)
+        else:
+            live[process] = live.get(process, 0) + 1
+    for process, count in live.items():
+        print(
+            f"lab: left {count} record(s) to the launch still running ({process}), which publishes them; "
+            "any it leaves pending sync once it has ended",
+            file=sys.stderr,
+        )
+    return pending
+
+
+def live_launch(record: JobRecord, host: str) -> str | None:
+    """The process on this host still launching ``record``'s job (``process <pid>``), or
+    still publishing its launch's records after the launcher died (``publisher <pid>``);
+    None when neither is alive, or ``record``'s sweep dir now holds a later launch's."""
+    root, tags = Path(record.job_dir), record.tags
+    if record.parent_dir is not None:
+        root = Path(record.parent_dir)
+        try:
+            sweep = JobRecord.load(root)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if sweep.uid != record.parent_uid:
+            return None
+        tags = sweep.tags
+    pid = tags.get("lab.pid", "")
+    if tags.get("lab.host") == host and pid.isdigit() and _pid_alive(int(pid)) and not _abandoned(tags, host):
+        return f"process {pid}"
+    try:
+        pid, _, where = (root / QUEUE_DIR / PUBLISHER_FILE).read_text().strip().partition(" ")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid.isdigit() else b""
+    except OSError:
+        return None
+    state = process_state(int(pid)) if cmdline else None
+    if where == host and b"lab.publishing" in cmdline and state is not None and state[0] not in ("Z", "X"):
+        return f"publisher {pid}"
+    return None
 
 
 def sync(root: Path, uri: str, force: bool = False) -> tuple[int, int]:

@@ -51,6 +51,7 @@ from lab.publishing import (
 from lab.records import (
     HYDRA_FILES,
     PENDING_NOTE,
+    QUEUE_DIR,
     RECORD_FILE,
     SYNCED_FILE,
     JobRecord,
@@ -64,7 +65,6 @@ from lab.validation import UsageError, refused_as_usage, task_overrides
 
 __all__ = ["Interrupted", "TrackingCallback", "flatten_params", "job_params"]
 
-QUEUE_DIR = ".lab-queue"
 OBJECTIVE = "accuracy"  # the metric lab.train returns, which a search sweeper optimises
 PENDING_EXIT = 3  # trained and written to outputs/, but not (yet) in MLflow
 REPEAT_S = 1.0  # a signal repeated within this long after the first is the same one, delivered twice
