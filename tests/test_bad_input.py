@@ -3,7 +3,9 @@ is allowed, no traceback, no outputs dir, no MLflow run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,13 @@ CASES = [
     (["model.max_iter=1e3"], "model.max_iter: Value '1000.0' of type 'float' could not be converted to Integer"),
     (["tracking.log_model=maybe"], "tracking.log_model: Value 'maybe' is not a valid bool"),
     (["model.C=[1,2]"], "model.C: Value '[1, 2]' of type 'list' could not be converted to Float"),
-    (["model.C=0"], "model.C=0.0: a number > 0"),
-    (["model.C=-1"], "model.C=-1.0: a number > 0"),
+    (["model.C=0"], "model.C=0.0: a number >= 1e-300 and <= 1e+300"),
+    (["model.C=-1"], "model.C=-1.0: a number >= 1e-300 and <= 1e+300"),
+    (["model.C=5e-324"], "model.C=5e-324: a number >= 1e-300"),  # 1/C would overflow
+    (["model=svm", "model.C=1e400"], "model.C=inf: a number >= 1e-300 and <= 1e+300"),  # YAML reads it as inf
+    (["model=random_forest", "model.n_estimators=99999999999999999999"], "an integer >= 1 and <= 100000"),
+    (["model=random_forest", "model.max_depth=99999999999999999999"], "an integer >= 1 and <= 100000"),
+    (["model.max_iter=10000000000"], "model.max_iter=10000000000: an integer >= 1 and <= 1000000000"),
     (["model.max_iter=0"], "model.max_iter=0: an integer >= 1"),
     (["split.test_size=0"], "split.test_size=0.0: a number > 0 and < 1"),
     (["split.test_size=1.5"], "split.test_size=1.5: a number > 0 and < 1"),
@@ -81,7 +88,11 @@ CASES = [
     (["tracking.experiment="], "tracking.experiment='': an experiment name, or null for MLFLOW_EXPERIMENT_NAME"),
     (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),
     (["tracking.uri=sqlite:///:memory:"], "tracking.uri='sqlite:///:memory:': a database file"),
-    (["tracking.uri=http://"], "tracking.uri='http://': a server's address, e.g. http://127.0.0.1:5000"),
+    (["tracking.uri=http://"], "tracking.uri='http://': a server's address, with a port of 0-65535, e.g. http"),
+    (["tracking.uri=http://127.0.0.1:99999"], "tracking.uri='http://127.0.0.1:99999': a server's address, with"),
+    (["tracking.experiment=" + "x" * 501], "tracking.experiment='xxx"),
+    (["+hydra.job.env_set.MLFLOW_TRACKING_URI=ftp://x"], "hydra.job.env_set.MLFLOW_TRACKING_URI='ftp://x': not set"),
+    (["--multirun", "seed=1,2", "+hydra.job.env_set.MLFLOW_EXPERIMENT_NAME=x"], "set tracking.experiment instead"),
     # where a job writes: its own dir, inside which its .hydra files stay, and a named log
     (["hydra.output_subdir=/tmp/abs"], "hydra.output_subdir='/tmp/abs': null, or a relative dir inside the job's"),
     (["--multirun", "seed=1,2", "hydra.output_subdir=../x"], "hydra.output_subdir='../x': null, or a relative dir"),
@@ -135,7 +146,7 @@ CASES = [
         ["--multirun", "seed=1,x"],
         "seed: Value 'x' of type 'str' could not be converted to Integer (in sweep job: seed=x)",
     ),
-    (["--multirun", "model.C=1,2,-1"], "model.C=-1.0: a number > 0 (in sweep job: model.C=-1)"),
+    (["--multirun", "model.C=1,2,-1"], "model.C=-1.0: a number >= 1e-300 and <= 1e+300 (in sweep job: model.C=-1)"),
     (
         ["--multirun", "model=logreg,foo"],
         "model=foo: unknown option; choose one of: logreg, random_forest, svm (in sweep job: model=foo)",
@@ -248,6 +259,34 @@ def test_an_output_dir_that_is_empty_or_cannot_be_made_is_refused(cli: Cli, args
     assert res.stderr.startswith(expected), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert sorted(cli.cwd.iterdir()) == before  # nothing written, here or in a store
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///notes.txt/mlflow.db", "a database file in a dir that can be created; {cwd}/notes.txt is a file"),
+        ("sqlite:///outputs", "a database file; {cwd}/outputs is a directory"),
+        ("sqlite:///notes.txt", "an SQLite database file; {cwd}/notes.txt is not one"),
+        ("sqlite:///other.db", "an MLflow database; {cwd}/other.db holds another program's tables (inventory)"),
+    ],
+    ids=["below a file", "a dir", "not sqlite", "another program's"],
+)
+def test_a_sqlite_store_that_cannot_be_mlflows_is_refused_before_any_job(cli: Cli, uri: str, expected: str) -> None:
+    """MLflow would find these only when the first job's record is published, after the
+    training: the job would end with its record pending, and every sync fail."""
+    (cli.cwd / "outputs").mkdir()
+    (cli.cwd / "notes.txt").write_text("not a database\n")
+    with contextlib.closing(sqlite3.connect(cli.cwd / "other.db")) as db:
+        db.execute("CREATE TABLE inventory (item TEXT)")
+        db.commit()
+    before = {p: p.read_bytes() for p in cli.cwd.rglob("*") if p.is_file()}
+    for args in (["hydra.run.dir=outputs/run"], ["--multirun", "seed=1,2", "hydra.sweep.dir=outputs/sweep"]):
+        res = cli.run(*args, f"tracking.uri={uri}")
+        assert res.code == 2, (res.stdout, res.stderr)
+        [line] = res.stderr.splitlines()  # a sweep's names its first job too
+        assert line.startswith(f"error: tracking.uri={uri!r}: {expected.format(cwd=cli.cwd)}"), res.stderr
+        assert {p: p.read_bytes() for p in cli.cwd.rglob("*") if p.is_file()} == before
+        assert list((cli.cwd / "outputs").iterdir()) == []
 
 
 @pytest.mark.parametrize(

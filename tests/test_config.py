@@ -93,6 +93,14 @@ def test_validate_walks_nested_dataclasses() -> None:
     cfg = TrainConfig(
         seed=1, data=DataConfig("iris"), model=SvmConfig(C=-2), split=HoldoutSplit(), tracking=TrackingConfig()
     )
-    with pytest.raises(ConfigError, match=r"model.C=-2 .*> 0"):
+    with pytest.raises(ConfigError, match=r"model.C=-2 .*>= 1e-300"):
         validate(cfg)
     validate(dataclasses.replace(cfg, model=SvmConfig()))  # the same config, valid: no error
+
+
+def test_the_experiment_name_limit_is_mlflows() -> None:
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    from lab.validation import MAX_EXPERIMENT_NAME
+
+    assert MAX_EXPERIMENT_NAME == MAX_EXPERIMENT_NAME_LENGTH

@@ -42,6 +42,9 @@ DATASETS = ("iris", "wine", "breast_cancer", "digits")
 LOGREG_SOLVERS = ("lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga")
 SVM_KERNELS = ("linear", "poly", "rbf", "sigmoid")
 RF_CRITERIA = ("gini", "entropy", "log_loss")
+# Regularisation: C > 0, and 1/C a finite float (below ~5.6e-309 it is not, and lbfgs
+# divides by it); inf, and 1e400 which YAML reads as inf, are refused as not numbers to fit.
+C_MIN, C_MAX = 1e-300, 1e300
 
 
 def _rule(**constraints: Any) -> dict[str, Any]:
@@ -75,8 +78,8 @@ class LogRegConfig:
     """Logistic regression on standardised features."""
 
     name: str = field(default="logreg", metadata=_rule(choices=("logreg",)))
-    C: float = field(default=1.0, metadata=_rule(gt=0))
-    max_iter: int = field(default=200, metadata=_rule(ge=1))
+    C: float = field(default=1.0, metadata=_rule(ge=C_MIN, le=C_MAX))
+    max_iter: int = field(default=200, metadata=_rule(ge=1, le=10**9))
     solver: str = field(default="lbfgs", metadata=_rule(choices=LOGREG_SOLVERS))
 
 
@@ -85,8 +88,8 @@ class RandomForestConfig:
     """A random forest; ``max_depth: null`` grows trees until leaves are pure."""
 
     name: str = field(default="random_forest", metadata=_rule(choices=("random_forest",)))
-    n_estimators: int = field(default=100, metadata=_rule(ge=1))
-    max_depth: int | None = field(default=None, metadata=_rule(ge=1))
+    n_estimators: int = field(default=100, metadata=_rule(ge=1, le=100_000))
+    max_depth: int | None = field(default=None, metadata=_rule(ge=1, le=100_000))
     criterion: str = field(default="gini", metadata=_rule(choices=RF_CRITERIA))
 
 
@@ -95,7 +98,7 @@ class SvmConfig:
     """A support-vector classifier on standardised features."""
 
     name: str = field(default="svm", metadata=_rule(choices=("svm",)))
-    C: float = field(default=1.0, metadata=_rule(gt=0))
+    C: float = field(default=1.0, metadata=_rule(ge=C_MIN, le=C_MAX))
     kernel: str = field(default="rbf", metadata=_rule(choices=SVM_KERNELS))
 
 

@@ -90,8 +90,13 @@ def check_uri(uri: str) -> str | None:
     if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri.rstrip("/") == "sqlite:" or ":memory:" in uri):
         # sqlite:// and sqlite:///:memory: are in-memory stores: they vanish with the process that writes them
         return "a database file, e.g. sqlite:///mlflow.db (relative) or sqlite:////abs/path/mlflow.db"
-    if scheme in ("http", "https") and not parts.hostname:
-        return f"a server's address, e.g. {scheme}://127.0.0.1:5000"
+    if scheme in ("http", "https"):
+        try:
+            port = parts.port  # a ValueError when out of range
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            return f"a server's address, with a port of 0-65535, e.g. {scheme}://127.0.0.1:5000"
     return None
 
 

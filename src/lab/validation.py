@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -32,7 +34,7 @@ from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE
-from lab.publishing import check_uri, resolve_uri
+from lab.publishing import check_uri, resolve_experiment, resolve_uri
 from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json, redact_text
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
 USAGE_EXIT = 2
 SWEEP_DIR_ALLOWED = "a dir for the sweep (lab's default: outputs/sweeps/${now:…})"
 DEFAULT_SUBDIR = "${hydra.job.num}"  # lab's hydra.sweep.subdir, as Hydra's
+MAX_EXPERIMENT_NAME = 500  # MLflow's MAX_EXPERIMENT_NAME_LENGTH: a longer name is refused by the store
 JOB_FILES = (METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, RECORD_FILE, SYNCED_FILE, PENDING_NOTE)  # in a job's dir
 
 
@@ -78,10 +81,59 @@ def check_job(cfg: DictConfig) -> TrainConfig:
             allowed = "an experiment name, or null for MLFLOW_EXPERIMENT_NAME (else lab)"
             raise ConfigError("tracking.experiment", typed.tracking.experiment, allowed)
         uri = resolve_uri(typed.tracking.uri)
-        problem = check_uri(uri)
+        problem = check_uri(uri) or sqlite_problem(uri)
         if problem:
             raise ConfigError("tracking.uri", uri.split("@")[-1], problem)
+        experiment = resolve_experiment(typed.tracking.experiment)
+        if not experiment.strip() or len(experiment) > MAX_EXPERIMENT_NAME:
+            key = "tracking.experiment" if typed.tracking.experiment else "MLFLOW_EXPERIMENT_NAME"
+            raise ConfigError(key, experiment, f"an experiment name of 1 to {MAX_EXPERIMENT_NAME} characters")
+        env_set = OmegaConf.select(cfg, "hydra.job.env_set", default=None) if "hydra" in cfg else None
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+            if isinstance(env_set, DictConfig) and name in env_set:
+                setting = "tracking.uri" if name == "MLFLOW_TRACKING_URI" else "tracking.experiment"
+                allowed = f"not set: a launch's jobs share its store and experiment; set {setting} instead"
+                raise ConfigError(f"hydra.job.env_set.{name}", env_set[name], allowed)
     return typed
+
+
+@functools.lru_cache(maxsize=8)
+def sqlite_problem(uri: str) -> str | None:
+    """Why the file of a ``sqlite:///`` store cannot be an MLflow store (a dir, a file that
+    is not an SQLite database or is another program's, a path below a file), or None; only
+    found by MLflow once a job has trained otherwise. Once per process: every job of a
+    sweep has the launch's store."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = Path(os.path.abspath(unquote(uri[len(prefix) :].partition("?")[0])))
+    if path.is_dir():
+        return f"a database file; {path} is a directory"
+    if not path.exists():  # MLflow makes it, and its missing dirs
+        base = path.parent
+        while not base.exists():
+            base = base.parent
+        return None if base.is_dir() else f"a database file in a dir that can be created; {base} is a file"
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError as exc:
+        return f"a database file lab can read ({exc.strerror})"
+    if not head:
+        return None  # empty: MLflow makes its tables in it
+    if head != b"SQLite format 3\x00":
+        return f"an SQLite database file; {path} is not one"
+    import sqlite3
+
+    try:
+        # immutable: no lock, and no -wal or -shm file made beside a store in WAL mode
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?immutable=1", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None  # locked or half-written: MLflow says what it is when it opens it
+    if tables and "experiments" not in tables:
+        return f"an MLflow database; {path} holds another program's tables ({', '.join(sorted(tables)[:3])})"
+    return None
 
 
 def check_output_paths(cfg: DictConfig) -> None:
