@@ -666,6 +666,14 @@ def test_a_single_run_killed_with_its_process_ends_killed(cli: Cli) -> None:
     assert (run.info.status, run.data.tags["lab.error"]) == ("KILLED", why)
     record = json.loads((run_dir / "tracking.json").read_text())
     assert (record["status"], record["error"]) == ("KILLED", why)
+    # what it wrote before it was killed goes with it: its config, and its log up to then
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {".hydra", "train.log"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")} == {
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+    }
 
 
 @pytest.mark.fresh_store
@@ -721,6 +729,14 @@ def test_killed_launcher_is_reaped_and_synced(cli: Cli) -> None:
     assert "0 record(s) synced" in second.stdout
     runs = store_runs(cli.uri)
     assert len({r.data.tags.get("lab.job_uid") for r in kinds(runs, "job")}) == len(kinds(runs, "job"))
+    # a job reaped on disk (its record RUNNING there) reached MLflow with what it had written
+    records = {
+        r.info.run_id: json.loads(Path(r.data.tags["lab.output_dir"], "tracking.json").read_text()) for r in runs
+    }
+    reaped = [r for r in kinds(runs, "job") if (records[r.info.run_id]["error"] or "").startswith("abandoned: process")]
+    assert reaped
+    for run in reaped:
+        assert {".hydra", "train.log"} <= {a.path for a in client.list_artifacts(run.info.run_id)}, run.info.run_name
     # the synced jobs found the sweep's parent run again, not a job run with the same lab.sweep_uid
     [parent] = kinds(runs, "sweep")
     assert {r.data.tags["mlflow.parentRunId"] for r in kinds(runs, "job")} == {parent.info.run_id}

@@ -38,6 +38,7 @@ __all__ = [
     "clear_earlier_run",
     "file_written_since",
     "hydra_files_written",
+    "job_artifacts",
     "job_status",
     "last_written",
     "read_metrics",
@@ -56,6 +57,17 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when 
 # What an earlier launch left in a re-used dir is older by more, since a launch spends
 # over a second importing before its first job.
 MTIME_SLACK_S = 0.5
+
+
+def job_artifacts(job_dir: Path, output_subdir: str | None) -> list[str]:
+    """The files of ``job_dir`` its MLflow run gets as artifacts, as its record lists them:
+    Hydra's files (from ``output_subdir``, if written), metrics, traceback and the job's
+    log (``<hydra.job.name>.log``: ``train.log`` unless renamed)."""
+    names = [METRICS_FILE, TRACEBACK_FILE]
+    if output_subdir is not None:
+        names = [f"{output_subdir}/{name}" for name in HYDRA_FILES] + names
+    logs = sorted(p.name for p in job_dir.glob("*.log") if p.is_file())
+    return [n for n in names if (job_dir / n).exists()] + logs
 
 
 def clear_earlier_run(job_dir: Path) -> None:

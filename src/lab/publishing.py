@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from lab.outputs import job_artifacts
 from lab.records import (
     HYDRA_FILES,
     PENDING_NOTE,
@@ -615,6 +616,7 @@ class _Session:
                 )
                 fresh.end_time = _now_ms()
                 fresh.tags["lab.error"] = fresh.error
+                fresh.artifacts = job_artifacts(Path(fresh.job_dir), fresh.output_subdir)  # its log says how far it got
                 fresh.save()
             self.publish_job(fresh)
 

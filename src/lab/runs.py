@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.outputs import job_artifacts
 from lab.provenance import process_context, process_state
 from lab.publishing import (
     Publisher,
@@ -214,6 +215,8 @@ def reap(root: Path, uri: str) -> int:
             record.status, record.end_time = "FAILED", now
             record.error = f"abandoned: process {record.tags['lab.pid']} on {host} is gone"
             record.tags["lab.error"] = record.error
+            if record.tags.get("lab.kind") != "sweep":  # a sweep's are its summaries, listed as it ends
+                record.artifacts = job_artifacts(job_dir, record.output_subdir)
             record.save()
     publisher = Publisher(uri)
     client = publisher.client

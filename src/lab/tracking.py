@@ -49,7 +49,6 @@ from lab.publishing import (
     resolve_uri,
 )
 from lab.records import (
-    HYDRA_FILES,
     PENDING_NOTE,
     QUEUE_DIR,
     RECORD_FILE,
@@ -578,7 +577,7 @@ class TrackingCallback(Callback):
                 or "the launcher stopped before this job returned"
             )
         record.tags["lab.error"] = record.error
-        record.artifacts = _artifacts(job_dir, record.output_subdir)
+        record.artifacts = outputs.job_artifacts(job_dir, record.output_subdir)
         record.save()
         self._submit(record, job_dir)
 
@@ -984,7 +983,7 @@ def _complete(record: JobRecord, job_dir: Path, error: str | None, log_model: bo
     else:
         record.status, record.error = "FAILED", error
         record.tags["lab.error"] = error[:5000]
-    record.artifacts = _artifacts(job_dir, record.output_subdir)
+    record.artifacts = outputs.job_artifacts(job_dir, record.output_subdir)
     record.save()
 
 
@@ -1028,13 +1027,6 @@ def _log_to_file_only(message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-def _artifacts(job_dir: Path, output_subdir: str | None) -> list[str]:
-    names = [outputs.METRICS_FILE, outputs.TRACEBACK_FILE, "train.log"]
-    if output_subdir is not None:
-        names = [f"{output_subdir}/{name}" for name in HYDRA_FILES] + names
-    return [n for n in names if (job_dir / n).exists()]
 
 
 def _labs_sweeper(config: DictConfig) -> bool:
