@@ -250,6 +250,17 @@ def killed_sweep(cli: Cli, *args: str, stalls: int = 1) -> tuple[Run, list[Run]]
     return parent, [r for r in kinds(runs, "job") if r.data.tags["lab.sweep_uid"] == uid]
 
 
+@pytest.mark.parametrize("command", ["sync", "reap", "pending"])
+def test_lab_runs_refuses_a_root_that_is_not_a_dir(cli: Cli, command: str) -> None:
+    """A mistyped root is an error for every command; only reap runs without the default
+    `outputs`, since it also ends abandoned runs that MLflow alone holds."""
+    res = cli.run(command, "no/such/dir", module="lab.runs")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert "error: root 'no/such/dir' is not a directory" in res.stderr
+    default = cli.run(command, module="lab.runs")
+    assert default.code == (0 if command == "reap" else 2), default.stderr
+
+
 # Holds a sweep's second job after lab's tracking recorded its start, until a file "go"
 # appears in the launch's working dir.
 GATE_MODULE = """

@@ -253,6 +253,9 @@ def test_sweep_without_a_numeric_parameter_still_gets_a_plot(cli: Cli) -> None:
         ("0123456789abcdef0123456789abcdef", "no sqlite store at"),
         ("outputs --timeout -1", "--timeout -1.0: seconds per request, a finite number > 0"),
         ("outputs --timeout nan", "--timeout nan: seconds per request, a finite number > 0"),
+        ("outputs --out file.txt", "--out 'file.txt': a dir to write the report in, that can be created here (File"),
+        ("outputs --out file.txt/x", "--out 'file.txt/x': a dir to write the report in, that can be created here (Not"),
+        ("outputs --out=", "--out '': a dir to write the report in, that can be created here (empty)"),
     ],
 )
 @pytest.mark.fresh_store
@@ -422,6 +425,18 @@ ABOVE_SWEEPS = {
         *("search=optuna", "hydra.sweeper.n_trials=2", "tracking=none", "hydra.output_subdir=meta"),
     ),
 }
+
+
+@pytest.mark.parametrize("tracking", ["tracking.log_model=false", "tracking=none"])
+def test_a_dir_of_single_runs_is_refused_as_a_sweep(cli: Cli, tracking: str) -> None:
+    """``outputs/runs/<day>`` holds single runs: not one sweep's jobs, whatever their dirs
+    look like (known by Hydra's saved mode, or by their records)."""
+    for name in ("a", "b"):
+        assert cli.run(f"hydra.run.dir=outputs/runs/{name}", tracking).code == 0
+    res = cli.run("outputs/runs", "--no-log", module="lab.report")
+    assert res.code == 2, res.stderr
+    assert "SWEEP 'outputs/runs' holds single runs (outputs/runs/a, outputs/runs/b), not a sweep's jobs" in res.stderr
+    assert not (cli.cwd / "outputs" / "runs" / "summary.csv").exists()
 
 
 @pytest.mark.parametrize("case", ABOVE_SWEEPS)

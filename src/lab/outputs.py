@@ -41,9 +41,11 @@ __all__ = [
     "job_artifacts",
     "job_status",
     "last_written",
+    "read_hydra_mode",
     "read_metrics",
     "read_output_subdir",
     "read_overrides",
+    "why_not_creatable",
     "write_failure",
     "write_result",
     "written_since",
@@ -146,6 +148,15 @@ def read_output_subdir(saved: Path) -> str | None:
     return None if subdir is None else str(subdir)
 
 
+def read_hydra_mode(hydra_file: Path) -> str | None:
+    """``hydra.mode`` in a job's saved ``hydra.yaml`` (``RUN``, ``MULTIRUN``), or None."""
+    try:
+        mode = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["mode"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return str(mode) if mode is not None else None
+
+
 def read_sweep_dir(hydra_file: Path) -> Path | None:
     """The sweep dir a job's saved ``hydra.yaml`` names (``hydra.sweep.dir``, relative to
     the dir it was launched from), or None for a single run's job, an interpolation, or a
@@ -230,3 +241,26 @@ def job_status(job_dir: Path) -> str:
     if (job_dir / TRACEBACK_FILE).exists():
         return "FAILED"
     return "KILLED"
+
+
+def why_not_creatable(path: str) -> str | None:
+    """Why ``path`` cannot be made a dir (as ``os.strerror`` says it), or None. Tried in its
+    nearest existing ancestor, with a dir that is removed again: nothing is left behind."""
+    import errno
+    import tempfile
+
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        return None
+    if target.exists() or target.is_symlink():
+        return os.strerror(errno.EEXIST)
+    base = target.parent
+    while not (base.exists() or base.is_symlink()):
+        base = base.parent
+    if not base.is_dir():
+        return os.strerror(errno.ENOTDIR)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lab-probe-", dir=base))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

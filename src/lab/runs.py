@@ -249,15 +249,18 @@ def reap(root: Path, uri: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lab.runs", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["sync", "reap", "pending"])
-    parser.add_argument("root", nargs="?", default="outputs", type=Path, help="outputs dir to scan (default: outputs)")
+    parser.add_argument("root", nargs="?", default=None, type=Path, help="outputs dir to scan (default: outputs)")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
     parser.add_argument(
         "--force", action="store_true", help="sync: also send records meant for another store to this one"
     )
     args = parser.parse_args(argv)
-    if args.command != "reap" and not args.root.is_dir():
-        parser.error(f"root {str(args.root)!r} is not a directory")
+    # reap ends abandoned runs in MLflow even where no outputs dir is at hand; a root named
+    # that is not a dir is a mistake for every command
+    if (args.root is not None or args.command != "reap") and not (args.root or Path("outputs")).is_dir():
+        parser.error(f"root {str(args.root or 'outputs')!r} is not a directory")
+    args.root = args.root or Path("outputs")
     if args.command == "pending":
         for record in pending_records(args.root):
             print(f"{record.status:9} {record.job_dir}")

@@ -33,7 +33,7 @@ from omegaconf.errors import (
 from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
-from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE
+from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, why_not_creatable
 from lab.publishing import check_uri, resolve_experiment, resolve_uri
 from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json, redact_text
 
@@ -219,29 +219,6 @@ def _dir_kind(path: Path) -> str | None:
         return "sweep"
     if (path / METRICS_FILE).is_file():  # an untracked job's
         return "sweep job" if (path.parent / "multirun.yaml").is_file() else "run"
-    return None
-
-
-def why_not_creatable(path: str) -> str | None:
-    """Why ``path`` cannot be made a dir (as ``os.strerror`` says it), or None. Tried in its
-    nearest existing ancestor, with a dir that is removed again: nothing is left behind."""
-    import errno
-    import tempfile
-
-    target = Path(os.path.abspath(path))
-    if target.is_dir():
-        return None
-    if target.exists() or target.is_symlink():
-        return os.strerror(errno.EEXIST)
-    base = target.parent
-    while not (base.exists() or base.is_symlink()):
-        base = base.parent
-    if not base.is_dir():
-        return os.strerror(errno.ENOTDIR)
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".lab-probe-", dir=base))
-    except OSError as exc:
-        return exc.strerror or str(exc)
     return None
 
 
