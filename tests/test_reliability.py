@@ -456,15 +456,46 @@ def test_dead_worker_fails_its_job_and_the_sweep(cli: Cli, launcher: str) -> Non
         time.sleep(0.1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the out-of-memory killer, say
-    _, err = cli.finish(proc)
-    assert proc.returncode != 0
-    if launcher == "forked":  # which worker died, how, and with which job
-        assert re.search(rf"worker {pid} died \(killed by SIGKILL\) before job #\d returned: seed=\d", err), err
+    out, err = cli.finish(proc)
+    assert proc.returncode == 1, err
     runs = store_runs(cli.uri)
     assert {r.info.status for r in runs} <= TERMINAL
     [parent] = kinds(runs, "sweep")
+    jobs = kinds(runs, "job")
+    not_started = 6 - len(jobs)
+    assert not_started > 0  # the launch ends with its launcher, as Hydra's does
+    assert f"; {not_started} of 6 jobs never started; summary" in out
     assert parent.info.status == "FAILED"
-    assert any(r.info.status == "FAILED" for r in kinds(runs, "job"))
+    if launcher == "forked":  # which worker died, how, and with which job
+        cause = re.search(
+            rf"lab: launch failed: (BrokenProcessPool: worker {pid} died \(killed by SIGKILL\) "
+            rf"before job #\d returned: seed=\d.*)",
+            err,
+        )
+        assert cause, err
+        [lost] = [r for r in jobs if r.data.tags["lab.pid"] == str(pid)]
+        assert (lost.info.status, lost.data.tags["lab.error"]) == (
+            "FAILED",
+            f"its worker process {pid} died (killed by SIGKILL) while it ran this job",
+        )
+    else:  # loky has killed every worker by the time it says one died, and never says which
+        cause = re.search(
+            r"lab: launch failed: (TerminatedWorkerError: a joblib worker process died \(\{SIGKILL\(-9\)\}\) "
+            r"with one of the jobs in flight; joblib does not say which)",
+            err,
+        )
+        assert cause, err
+        lost = None
+    stopped = [r for r in jobs if r is not lost and r.info.status != "FINISHED"]
+    assert stopped or launcher == "forked"
+    for run in stopped:  # not their doing: KILLED, naming the launcher's failure
+        assert (run.info.status, run.data.tags["lab.error"]) == (
+            "KILLED",
+            f"stopped with the launch, which failed: {cause.group(1)}",
+        )
+    assert (
+        parent.data.tags["lab.error"] == f"the launcher failed: {cause.group(1)}; {not_started} of 6 jobs never started"
+    )
 
 
 @pytest.mark.slow

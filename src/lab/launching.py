@@ -521,8 +521,11 @@ class _Worker:
         except (EOFError, OSError):
             from concurrent.futures.process import BrokenProcessPool
 
+            from lab.tracking import note_lost_job
+
             self.process.join(5)
             how = exit_status(self.process.exitcode)
+            note_lost_job(idx, f"its worker process {self.process.pid} died ({how}) while it ran this job")
             job = f"job #{idx} returned: {redact_text(' '.join(filter_overrides(overrides)))}"
             raise BrokenProcessPool(f"worker {self.process.pid} died ({how}) before {job}") from None
         if error is not None:
@@ -625,6 +628,7 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
     from joblib._parallel_backends import LokyBackend
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     sweep_dir = _start_launch(launcher)
     joblib_cfg = launcher.joblib
@@ -648,6 +652,14 @@ def launch_joblib(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
         runs = Parallel(**{**joblib_cfg, "backend": backend})(
             delayed(_run_joblib_job)(launch_id, launch, idx, overrides) for idx, overrides in jobs
         )
+    except TerminatedWorkerError as exc:
+        # loky's message is three sentences of guesses; it knows how the workers ended, but
+        # not which job the dead one ran (it has killed the others by now, so lab cannot tell)
+        codes = re.search(r"exit codes of the workers are (.+)", str(exc))
+        how = f" ({codes.group(1).strip()})" if codes else ""
+        raise TerminatedWorkerError(
+            f"a joblib worker process died{how} with one of the jobs in flight; joblib does not say which"
+        ) from exc
     finally:
         _shipped = None
     assert isinstance(runs, list)

@@ -180,6 +180,27 @@ def note_job_exit(exc: SystemExit) -> Path | None:
     return _exited_job
 
 
+_launch_failure: str | None = None  # why the launcher itself failed (a worker died, say)
+_lost_jobs: dict[str, str] = {}  # job num -> why it was lost with its worker process
+
+
+def note_launch_failure(cause: str) -> bool:
+    """A sweep's launcher failed with ``cause`` (one line, e.g. ``BrokenProcessPool: worker
+    12 died (killed by SIGKILL) before job #1 returned``): the launch's end says so in the
+    parent run and in every job it stops, which would otherwise only say that it stopped.
+    False, noting nothing, outside a sweep: a single run's failure is its job's."""
+    global _launch_failure
+    if _launching is None or _launching.launch is None or _launching.launch.sweep_dir is None:
+        return False
+    _launch_failure = cause
+    return True
+
+
+def note_lost_job(job_num: int, reason: str) -> None:
+    """Job ``job_num`` ended with its worker process (``reason``: how): its record says so."""
+    _lost_jobs[str(job_num)] = reason
+
+
 def raise_missed_interrupt() -> None:
     """Raise again an interrupt that was swallowed. lab's SIGINT/SIGTERM handler raises
     :class:`Interrupted` wherever the main thread is; in a finalizer (an object's
@@ -574,8 +595,12 @@ class TrackingCallback(Callback):
             record.error = (
                 self._interruption(status)
                 or (failure_reason(job_dir, {}) if own else None)
-                or "the launcher stopped before this job returned"
+                or _lost_jobs.get(record.tags.get("lab.job_num", ""))
             )
+            if record.error is None and _launch_failure is not None:
+                # not this job's doing: stopped from outside, as by a signal
+                record.status, record.error = "KILLED", f"stopped with the launch, which failed: {_launch_failure}"
+            record.error = record.error or "the launcher stopped before this job returned"
         record.tags["lab.error"] = record.error
         record.artifacts = outputs.job_artifacts(job_dir, record.output_subdir)
         record.save()
@@ -685,7 +710,7 @@ class TrackingCallback(Callback):
         print(
             f"lab: sweep {final.lower()}: {jobs(len(summary.rows))} ("
             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            + f"); summary {sweep_dir / 'summary.md'}"
+            + f"){self._never_started(summary)}; summary {sweep_dir / 'summary.md'}"
         )
         study = _optuna_sweeper(config)
         direction = _directions(study)[0] if study is not None else "maximize"
@@ -740,6 +765,13 @@ class TrackingCallback(Callback):
             return f"interrupted by {signal.Signals(self._signal).name}"
         return None
 
+    def _never_started(self, summary: Summary) -> str:
+        """``; 2 of 4 jobs never started`` when the launch ended before some of its jobs ran."""
+        total = self.launch.n_jobs if self.launch is not None else None
+        if not total or total <= len(summary.rows):
+            return ""
+        return f"; {total - len(summary.rows)} of {jobs(total)} never started"
+
     def _sweep_error(self, status: str | None, summary: Summary) -> str:
         """Why the sweep did not finish, in one line, for its parent run's ``lab.error``."""
         if status is not None:
@@ -747,7 +779,9 @@ class TrackingCallback(Callback):
             if reason is None and _exited_job is not None and self.launch is not None and self.launch.sweep_dir:
                 job = os.path.relpath(_exited_job, self.launch.sweep_dir)
                 reason = f"job {job} exited the launch: {failure_reason(_exited_job, {})}"
-            return reason or "the launcher stopped before the sweep ended"
+            if reason is None and _launch_failure is not None:
+                reason = f"the launcher failed: {_launch_failure}"
+            return (reason or "the launcher stopped before the sweep ended") + self._never_started(summary)
         first = summary.failed[0]
         return (
             f"{len(summary.failed)} of {jobs(len(summary.rows))} did not finish; "

@@ -108,7 +108,12 @@ def main() -> None:
             print(redact_text(note_group_sweep(message, sys.argv[1:])), file=sys.stderr)
             _refused()
             sys.exit(2)
-        print(redact_text(f"lab: job failed: {outputs.summarize(exc)}"), file=sys.stderr)
+        cause = redact_text(outputs.summarize(exc))
+        tracking = sys.modules.get("lab.tracking")
+        # in a sweep, Hydra keeps a job's exception in its return: this is the launcher's
+        # (a worker died), which the launch's end records as the reason
+        what = "launch" if tracking is not None and tracking.note_launch_failure(cause) else "job"
+        print(f"lab: {what} failed: {cause}", file=sys.stderr)
         sys.exit(1)
     finally:
         publishing.release()  # unclaimed (tracking off, bad input): terminated, it had only imported
