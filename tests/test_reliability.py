@@ -13,9 +13,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -248,6 +250,40 @@ def killed_sweep(cli: Cli, *args: str, stalls: int = 1) -> tuple[Run, list[Run]]
     [parent] = [r for r in kinds(runs, "sweep") if r.info.status == "KILLED"]
     uid = parent.data.tags["lab.sweep_uid"]
     return parent, [r for r in kinds(runs, "job") if r.data.tags["lab.sweep_uid"] == uid]
+
+
+@pytest.mark.parametrize("background", ["true", "false"], ids=["background", "inline"])
+def test_an_unreachable_database_store_is_tried_once_not_ten_times(cli: Cli, background: str) -> None:
+    """MLflow opens a PostgreSQL store by trying ten times, with back-off (~100 s), before
+    it gives up; lab tries once, bounded by ``tracking.timeout_s``, and leaves the record
+    pending. Counted here by a loopback listener that drops every connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def drop_all() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=drop_all, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        res = cli.train(
+            f"tracking.uri=postgresql+psycopg://lab@127.0.0.1:{port}/mlflow",
+            f"tracking.background={background}",
+            "tracking.timeout_s=2",
+        )
+    finally:
+        listener.close()
+    assert res.code == 3, res.stderr
+    assert "OperationalError" in res.stderr and "records stay pending" in res.stderr
+    assert (cli.cwd / "outputs" / "run" / "tracking.error.txt").exists()
+    # libpq tries with SSL, then without: two connections make one attempt
+    assert 1 <= len(accepted) <= 2, len(accepted)
 
 
 @pytest.mark.parametrize("command", ["sync", "reap", "pending"])
@@ -560,8 +596,12 @@ def test_another_programs_database_is_not_made_a_store(cli: Cli) -> None:
     with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db, db:
         db.execute("CREATE TABLE notes (text TEXT)")
     res = cli.train("tracking.log_model=false")
-    assert res.code == 3, res.stderr
-    assert "is a database but not an MLflow store (no experiments, metrics, params, runs, tags table)" in res.stderr
+    assert res.code == 2, res.stderr  # refused before the job (lab.validation.sqlite_problem)
+    assert "holds another program's tables (notes)" in res.stderr
+    # and by the publisher itself, for a file that became one after the launch was checked
+    code = "import sys; from lab.publishing import Publisher; Publisher(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, cli.uri], capture_output=True, text=True, timeout=120)
+    assert "is a database but not an MLflow store (no experiments, metrics, params, runs, tags table)" in proc.stderr
     with contextlib.closing(sqlite3.connect(cli.cwd / "mlflow.db")) as db:
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
 

@@ -140,7 +140,7 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 # tables every MLflow store has had from its first version on
-_CORE_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
+STORE_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
 
 
 _SIDE = ("wal", "shm", "journal")  # the files sqlite keeps beside a database
@@ -182,16 +182,34 @@ def _prepare_sqlite_store(uri: str) -> None:
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         tables = {name for name in tables if not name.startswith(("alembic_", "sqlite_"))}
-        if tables and not _CORE_TABLES.issubset(tables):
+        if tables and not STORE_TABLES.issubset(tables):
             # MLflow would add its ~40 tables to it
             raise RuntimeError(
                 f"{path} is a database but not an MLflow store (no "
-                f"{', '.join(sorted(_CORE_TABLES - tables))} table): set tracking.uri to another file"
+                f"{', '.join(sorted(STORE_TABLES - tables))} table): set tracking.uri to another file"
             )
         # WAL, kept in the file: readers such as the UI then never block the writer, and
         # writers don't block readers. MLflow sets ``busy_timeout = 20000`` on every
         # session, which absorbs writer contention.
         db.execute("PRAGMA journal_mode=WAL")
+
+
+def _reach_database(uri: str) -> None:
+    """Connect once to a PostgreSQL or MySQL store, within ``tracking.timeout_s``, or raise.
+    MLflow opens one by trying ten times over ~100 s (``create_sqlalchemy_engine_with_retry``),
+    each attempt bounded only by the driver's own time-out: an unreachable database held
+    every record that long before it was left pending."""
+    if urlsplit(uri).scheme.split("+")[0] not in ("postgresql", "mysql"):
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = max(1, round(float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"))))  # configure_client_env
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": timeout})
+    try:
+        engine.connect().close()
+    finally:
+        engine.dispose()
 
 
 class Publisher:
@@ -208,6 +226,7 @@ class Publisher:
 
         quiet_mlflow_logging()
         self.uri = uri
+        _reach_database(uri)
         with _store_lock(uri):
             _prepare_sqlite_store(uri)
             # MlflowClient() itself migrates an older store, and adds the Default experiment

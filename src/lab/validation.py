@@ -34,7 +34,7 @@ from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
 from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, why_not_creatable
-from lab.publishing import check_uri, resolve_experiment, resolve_uri
+from lab.publishing import STORE_TABLES, check_uri, resolve_experiment, resolve_uri
 from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json, redact_text
 
 __all__ = [
@@ -131,7 +131,8 @@ def sqlite_problem(uri: str) -> str | None:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error:
         return None  # locked or half-written: MLflow says what it is when it opens it
-    if tables and "experiments" not in tables:
+    tables = {name for name in tables if not name.startswith(("alembic_", "sqlite_"))}
+    if tables and not STORE_TABLES.issubset(tables):  # as lab.publishing refuses it
         return f"an MLflow database; {path} holds another program's tables ({', '.join(sorted(tables)[:3])})"
     return None
 
