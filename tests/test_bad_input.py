@@ -55,7 +55,6 @@ CASES = [
     (["tracking.timeout_s=inf"], "tracking.timeout_s=inf: a number > 0 and <= 86400"),
     (["~seed"], "seed: required; it cannot be deleted (~seed)"),
     (["model.C=${nosuch}"], "model.C: Interpolation key 'nosuch' not found"),
-    (["data=null"], "override 'data=null': ValueError: Config group override must be a string or a list"),
     # raised inside OmegaConf while Hydra applies the override: Hydra's refusal, not a job's failure
     (
         ["--multirun", "hydra/sweeper=basic", 'hydra.sweeper.params={seed:"1,2"}'],
@@ -85,6 +84,7 @@ CASES = [
         "launch's own config, which has model's default option, not one of model=random_forest,svm;",
     ),
     (["tracking.uri="], "tracking.uri='': a tracking URI, or null for MLFLOW_TRACKING_URI"),
+    (["data=null"], "data=null: a config group takes an option; choose one of: breast_cancer, digits, iris, wine"),
     (["tracking.experiment="], "tracking.experiment='': an experiment name, or null for MLFLOW_EXPERIMENT_NAME"),
     (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),
     (["tracking.uri=sqlite:///:memory:"], "tracking.uri='sqlite:///:memory:': a database file"),

@@ -24,6 +24,7 @@ from lab.provenance import process_context, process_start, process_state
 from lab.publishing import (
     Publisher,
     assign,
+    check_uri,
     error_line,
     locked_requirements,
     may_publish_in_background,
@@ -398,3 +399,28 @@ def test_a_locked_store_is_reported_by_its_driver_error_alone(tmp_path: Path) ->
         engine.dispose()
     assert "autoflush" in str(raised.value) and "[SQL: INSERT" in str(raised.value)
     assert error_line(raised.value) == "OperationalError: (sqlite3.OperationalError) database is locked"
+
+
+SCHEMES = "use one of sqlite, http, https, postgresql, mysql, databricks"
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("databricks", None),  # MLflow's bare form: the default profile
+        ("databricks://profile", None),
+        ("postgresql+psycopg://lab@127.0.0.1:5432/mlflow", None),
+        ("http://127.0.0.1:5000", None),
+        ("http://127.0.0.1:99999", "a server's address, with a port of 0-65535, e.g. http://127.0.0.1:5000"),
+        (
+            "ftp://host/x",
+            "scheme 'ftp' is not supported; use one of sqlite, http, https, postgresql, mysql, databricks",
+        ),
+        (
+            "mlflow.db",
+            "scheme '(none)' is not supported; use one of sqlite, http, https, postgresql, mysql, databricks",
+        ),
+    ],
+)
+def test_check_uri_says_what_is_wrong_with_a_uri(uri: str, problem: str | None) -> None:
+    assert check_uri(uri) == problem

@@ -85,7 +85,7 @@ def resolve_experiment(name: str | None) -> str:
 def check_uri(uri: str) -> str | None:
     """Why ``uri`` cannot be used, or None. The ``file:`` store refuses to start in MLflow 3."""
     parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0]
+    scheme = parts.scheme.split("+")[0] or ("databricks" if uri == "databricks" else "")  # MLflow's bare form
     if scheme not in SUPPORTED_SCHEMES:
         return f"scheme {scheme or '(none)'!r} is not supported; use one of " + ", ".join(SUPPORTED_SCHEMES)
     if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri.rstrip("/") == "sqlite:" or ":memory:" in uri):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 if __name__ == "__main__":
     # `python -m lab.train`: start the tracking publisher before anything heavy is imported,
@@ -172,6 +173,11 @@ def _hydras_error(exc: BaseException, frame: FrameType) -> str:
     from hydra.core.override_parser.types import Override
 
     override = frame.f_locals.get("override")
+    repo: Any = frame.f_locals.get("repo")  # Hydra's config repository, where it sorts out group overrides
+    if isinstance(override, Override) and override.value() is None and hasattr(repo, "get_group_options"):
+        options = ", ".join(o for o in sorted(repo.get_group_options(override.key_or_group)) if not o.startswith("_"))
+        if options:  # `data=null`: Hydra says only that it got a NoneType
+            return f"error: {override.key_or_group}=null: a config group takes an option; choose one of: {options}"
     where = f"override {override.input_line!r}: " if isinstance(override, Override) and override.input_line else ""
     return f"error: {where}{type(exc).__name__}: {one_line(str(exc))}"
 
