@@ -54,6 +54,7 @@ CASES = [
     (["tracking.timeout_s=0"], "tracking.timeout_s=0.0: a number > 0"),
     (["tracking.timeout_s=inf"], "tracking.timeout_s=inf: a number > 0 and <= 86400"),
     (["~seed"], "seed: required; it cannot be deleted (~seed)"),
+    (["~model.C"], "model.C: required; it cannot be deleted (~model.C); set it instead (model.C=…)"),
     (["model.C=${nosuch}"], "model.C: Interpolation key 'nosuch' not found"),
     # raised inside OmegaConf while Hydra applies the override: Hydra's refusal, not a job's failure
     (

@@ -283,6 +283,25 @@ def test_bad_arguments_give_one_line_and_exit_2(cli: Cli) -> None:
     assert not (cli.cwd / "outputs" / "reproductions").exists()
 
 
+def test_a_job_that_saved_no_config_is_refused_saying_why(cli: Cli) -> None:
+    """``hydra.output_subdir=null``: Hydra wrote no config.yaml, and MLflow has none either."""
+    assert cli.train("hydra.output_subdir=null", "tracking.log_model=false").code == 0
+    by_dir = reproduce(cli, "outputs/run")
+    assert (by_dir.code, by_dir.stderr) == (
+        2,
+        "error: outputs/run ran with hydra.output_subdir=null: Hydra saved no config.yaml for it, "
+        "and lab.reproduce runs a job again from that file\n",
+    )
+    [run] = runs(cli)
+    by_id = reproduce(cli, run.info.run_id)
+    assert (by_id.code, by_id.stderr) == (
+        2,
+        f"error: run {run.info.run_id} has no .hydra/config.yaml artifact; "
+        "a job run with hydra.output_subdir=null saves none\n",
+    )
+    assert len(runs(cli)) == 1
+
+
 def test_a_config_that_no_longer_validates_gives_exit_2(cli: Cli) -> None:
     assert cli.train("tracking=none").code == 0
     config_file = cli.cwd / "outputs" / "run" / ".hydra" / "config.yaml"

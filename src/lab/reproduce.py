@@ -187,7 +187,12 @@ def _from_run_id(run_id: str) -> Original:
             local = publisher.client.download_artifacts(run_id, CONFIG_FILE, download_dir)
             text = Path(local).read_text()
         except (MlflowException, OSError):
-            raise fail(f"error: run {run_id} has no {CONFIG_FILE} artifact; is it a job's run?") from None
+            why = (
+                "a job run with hydra.output_subdir=null saves none"
+                if run.data.tags.get("lab.kind") == "job"
+                else "is it a job's run?"
+            )
+            raise fail(f"error: run {run_id} has no {CONFIG_FILE} artifact; {why}") from None
         hydra_text = None
         if HYDRA_INTERPOLATION.search(text):
             with contextlib.suppress(MlflowException, OSError):
@@ -228,6 +233,15 @@ def _hydra_subdirs(job_dir: Path) -> Iterator[str]:
 def _from_outputs_dir(job_dir: Path) -> Original:
     config_file = _saved_config_file(job_dir)
     if config_file is None:
+        try:
+            unsaved = read_json(job_dir / RECORD_FILE).get("output_subdir", ".hydra") is None
+        except (OSError, ValueError, AttributeError):
+            unsaved = False
+        if unsaved:  # its MLflow run has no config.yaml either
+            raise fail(
+                f"error: {job_dir} ran with hydra.output_subdir=null: Hydra saved no config.yaml for it, "
+                "and lab.reproduce runs a job again from that file"
+            )
         raise fail(f"error: {job_dir} has no {CONFIG_FILE}; pass a job's outputs dir or an MLflow run id")
     text = config_file.read_text()
     hydra_file = config_file.with_name("hydra.yaml")

@@ -295,6 +295,8 @@ def _omegaconf(exc: OmegaConfBaseException, context: str) -> str:
         rest = new_key[len(mapping) + 1 :]
         form = f"+{mapping}={{{rest}: …}}" if "." in rest else f"+{new_key}=…"
         return f"error: {new_key}: unknown key; a new key of this mapping is added with '+': {form}"
+    if key and first.endswith("does not support deletion"):  # `~model.C`: a schema's field
+        return f"error: {key}: required; it cannot be deleted (~{key}); set it instead ({key}=…)"
     where = f"{key}: " if key else (_first_lines(context) + ": " if context else "")
     return f"error: {where}{first}"
 
