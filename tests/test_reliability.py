@@ -286,6 +286,19 @@ def test_an_unreachable_database_store_is_tried_once_not_ten_times(cli: Cli, bac
     assert 1 <= len(accepted) <= 2, len(accepted)
 
 
+@pytest.mark.parametrize("background", ["true", "false"], ids=["background", "inline"])
+def test_a_deleted_experiment_leaves_the_record_pending_saying_so_once(cli: Cli, background: str) -> None:
+    """MLflow refuses runs in a deleted experiment; the job's start and its end both fail
+    alike, and stderr says it once."""
+    client = mlflow.MlflowClient(tracking_uri=cli.uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    res = cli.train("tracking.experiment=gone", "tracking.log_model=false", f"tracking.background={background}")
+    assert res.code == 3, res.stderr
+    failures = [line for line in res.stderr.splitlines() if "must be in the 'active' state" in line]
+    assert len(failures) == 1, res.stderr
+    assert "Current state is deleted" in (cli.cwd / "outputs" / "run" / "tracking.error.txt").read_text()
+
+
 @pytest.mark.parametrize("command", ["sync", "reap", "pending"])
 def test_lab_runs_refuses_a_root_that_is_not_a_dir(cli: Cli, command: str) -> None:
     """A mistyped root is an error for every command; only reap runs without the default

@@ -557,6 +557,7 @@ class _Session:
         self.open_jobs: dict[str, JobRecord] = {}  # started, not yet finished
         self.sweeps: dict[str, JobRecord] = {}
         self.ended_sweeps: set[str] = set()  # the launcher sent their end
+        self.reported: set[str] = set()  # failures said on stderr, each once
 
     def connect(self) -> Publisher | None:
         """The publisher, or None once tracking is judged unavailable."""
@@ -569,6 +570,9 @@ class _Session:
         return None if self.broken else self.publisher
 
     def _report(self, message: str) -> None:
+        if message in self.reported:  # a job's start and end, failing alike
+            return
+        self.reported.add(message)
         print(
             f"lab: {message}; records stay pending in each job's tracking.json; "
             "upload them later with `python -m lab.runs sync`",

@@ -234,6 +234,7 @@ class TrackingCallback(Callback):
         self._publisher_reported = False
         self._inline_broken: str | None = None  # why this process stopped publishing inline
         self._inline_failures = 0  # inline publications failed in a row
+        self._inline_reported: set[str] = set()  # failures said on stderr, each once
         self._refused = False  # the launch was refused as bad input (lab.train, exit 2)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -252,6 +253,7 @@ class TrackingCallback(Callback):
             "_publisher_reported": False,
             "_inline_broken": None,
             "_inline_failures": 0,
+            "_inline_reported": set(),
         }
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -969,11 +971,13 @@ class TrackingCallback(Callback):
             self._inline_failures += 1
             if not opened or self._inline_failures >= 2:
                 self._inline_broken = reason
-            print(
-                f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]}); records stay pending "
-                "in each job's tracking.json; upload them later with `python -m lab.runs sync`",
-                file=sys.stderr,
-            )
+            if reason not in self._inline_reported:  # a job's start and end, failing alike
+                self._inline_reported.add(reason)
+                print(
+                    f"lab: tracking to {redact(self.launch.uri)} failed ({reason[:300]}); records stay pending "
+                    "in each job's tracking.json; upload them later with `python -m lab.runs sync`",
+                    file=sys.stderr,
+                )
             if record is not None:
                 note_pending(record, reason)
 
