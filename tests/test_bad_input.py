@@ -85,6 +85,7 @@ CASES = [
         "launch's own config, which has model's default option, not one of model=random_forest,svm;",
     ),
     (["tracking.uri="], "tracking.uri='': a tracking URI, or null for MLFLOW_TRACKING_URI"),
+    (["tracking.experiment=é"], "override: LexerNoViableAltException: tracking.experiment=é ^ (Hydra takes other"),
     (["data=null"], "data=null: a config group takes an option; choose one of: breast_cancer, digits, iris, wine"),
     (["tracking.experiment="], "tracking.experiment='': an experiment name, or null for MLFLOW_EXPERIMENT_NAME"),
     (["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///': a database file, e.g. sqlite:///mlflow.db"),

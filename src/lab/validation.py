@@ -239,6 +239,8 @@ def describe(exc: BaseException) -> str | None:
         return f"error: {group}={option}: unknown option; choose one of: {choices}"
     if isinstance(exc, OverrideParseException):
         text = " ".join(str(exc).split()).split(" See https://")[0]
+        if "LexerNoViableAltException" in text and not text.isascii():  # Hydra's unquoted values are ASCII
+            text += " (Hydra takes other characters only in a quoted value: \"key='é'\" in the shell)"
         return f"error: malformed override: {text}"
     cause = exc.__cause__ if exc.__cause__ is not None else exc.__context__
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
