@@ -114,7 +114,14 @@ CASES = [
     # a sweep that gives no job, or cannot be enumerated
     (["--multirun", "seed=range(1,1)"], "seed='range(1,1)': a sweep of at least one value"),
     (["--multirun", "model.C=1,2", "seed=range(3,1)"], "seed='range(3,1)': a sweep of at least one value"),
-    (["--multirun", "model=glob(nomatch*)"], "model='glob(nomatch*)': a sweep of at least one value"),
+    (
+        ["--multirun", "model=glob(nomatch*)"],
+        "model='glob(nomatch*)': a glob() matching at least one option of model: logreg, random_forest, svm",
+    ),
+    (
+        ["--multirun", "seed=glob(a*)"],
+        "seed='glob(a*)': a sweep of values; glob() picks options of a config group (model=glob(*)), not of seed",
+    ),
     (["--multirun", "seed=range(1,3,0)"], "seed='range(1,3,0)': a sweep Hydra can enumerate (range() arg 3 must"),
     # every value a search can draw is checked before the first trial, as every job of a grid
     (

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Glob, Override
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -41,12 +42,12 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     try:
         batches = sweeper.split_arguments(overrides, sweeper.max_batch_size)
     except ValueError as exc:  # range(1,3,0)
-        raise fail(describe(_sweep_problem(overrides) or exc) or f"error: {exc}") from None
+        raise fail(describe(_sweep_problem(overrides, loader) or exc) or f"error: {exc}") from None
 
     n_jobs = sum(len(b) for b in batches)
     if n_jobs == 0:
         no_jobs = ConfigError("--multirun", " ".join(o.input_line or "" for o in overrides), "at least one job")
-        raise fail(describe(_sweep_problem(overrides) or no_jobs) or "")
+        raise fail(describe(_sweep_problem(overrides, loader) or no_jobs) or "")
     job_dirs: dict[str, int] = {}  # a job's dir -> the first job that writes into it
     with hydra_config(sweeper.config):
         for idx, job in enumerate(job for batch in batches for job in batch):
@@ -83,7 +84,7 @@ def run_sweep(sweeper: BasicSweeper, arguments: list[str]) -> list[list[JobRetur
     return returns
 
 
-def _sweep_problem(overrides: list[Override]) -> ConfigError | None:
+def _sweep_problem(overrides: list[Override], loader: ConfigLoader) -> ConfigError | None:
     """The first sweep override that gives no value (``seed=range(1,1)``,
     ``model=glob(nomatch*)``) or cannot be enumerated (``seed=range(1,3,0)``), else None."""
     for override in overrides:
@@ -97,6 +98,14 @@ def _sweep_problem(overrides: list[Override]) -> ConfigError | None:
         except Exception:  # noqa: BLE001 - interval() and other sweeps Hydra does not enumerate here
             continue
         if not values:
+            if isinstance(override.value(), Glob):  # Hydra's glob() picks among a group's options
+                options = sorted(o for o in loader.get_group_options(override.key_or_group) if not o.startswith("_"))
+                allowed = (
+                    f"a glob() matching at least one option of {key}: {', '.join(options)}"
+                    if options
+                    else f"a sweep of values; glob() picks options of a config group (model=glob(*)), not of {key}"
+                )
+                return ConfigError(key, value, allowed)
             return ConfigError(key, value, "a sweep of at least one value")
     return None
 
