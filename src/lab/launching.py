@@ -709,8 +709,14 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     except BaseException:
         # interrupted, or a task failed to run: jobs not started never start, and a job in
         # flight gets a KeyboardInterrupt in its worker (its run ends KILLED there), rather
-        # than running on until Ray shuts down
-        for run in runs:
+        # than running on until Ray shuts down. Ray 2.60 aborts this process when a cancel
+        # races the reply of a task that is just returning ("Tried to complete task that was
+        # not pending", ray-project/ray#54798): replies in flight get half a second to land,
+        # and only the tasks that have not returned are cancelled.
+        pending = runs
+        with contextlib.suppress(Exception):
+            _, pending = ray.wait(runs, num_returns=len(runs), timeout=0.5, fetch_local=False)
+        for run in pending:
             with contextlib.suppress(Exception):
                 ray.cancel(run)
         raise
