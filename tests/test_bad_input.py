@@ -352,6 +352,19 @@ def test_a_launch_into_a_dir_of_another_kind_is_refused(
     assert len(store_runs(cli.uri)) == runs
 
 
+def test_a_sweep_into_a_failed_untracked_runs_dir_is_refused(cli: Cli) -> None:
+    """An untracked run that failed leaves neither a record nor metrics, only Hydra's saved
+    files: their ``mode: RUN`` still tells that the dir is a run's."""
+    failed = cli.train("tracking=none", "split=kfold", "split.n_splits=60")
+    assert failed.code == 1, failed.stderr
+    run_dir = cli.cwd / "outputs" / "run"
+    assert not (run_dir / "metrics.json").exists() and (run_dir / ".hydra" / "hydra.yaml").is_file()
+    res = cli.run("--multirun", "seed=1,2", "tracking=none", "hydra.sweep.dir=outputs/run")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert "hydra.sweep.dir='outputs/run': a dir for a sweep; this one holds a run's" in res.stderr
+    assert not (run_dir / "multirun.yaml").exists()
+
+
 WITHOUT_RAY = """
 import importlib.util
 import runpy

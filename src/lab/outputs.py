@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE
+from lab.records import HYDRA_FILES, PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json
 
 if TYPE_CHECKING:
     from lab.training import TrainResult
@@ -41,7 +41,7 @@ __all__ = [
     "job_artifacts",
     "job_status",
     "last_written",
-    "read_hydra_mode",
+    "launch_kind",
     "read_metrics",
     "read_output_subdir",
     "read_overrides",
@@ -148,13 +148,32 @@ def read_output_subdir(saved: Path) -> str | None:
     return None if subdir is None else str(subdir)
 
 
-def read_hydra_mode(hydra_file: Path) -> str | None:
-    """``hydra.mode`` in a job's saved ``hydra.yaml`` (``RUN``, ``MULTIRUN``), or None."""
+def launch_kind(path: Path, output_subdir: str | None = ".hydra") -> str | None:
+    """What wrote the dir ``path``: ``"run"`` (a single run), ``"sweep"``, ``"sweep job"``, or
+    None (nothing lab or Hydra wrote). Told by its record (``lab.kind``, ``parent_uid``),
+    else by a sweep's ``multirun.yaml``, else by the mode in its saved ``hydra.yaml``
+    (from ``output_subdir``, or any subdir), else by its metrics beside a sweep's file."""
     try:
-        mode = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["mode"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    return str(mode) if mode is not None else None
+        record = read_json(path / RECORD_FILE)
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict):
+        tags = record.get("tags")
+        if isinstance(tags, dict) and tags.get("lab.kind") == "sweep":
+            return "sweep"
+        return "sweep job" if record.get("parent_uid") else "run"
+    if (path / "multirun.yaml").is_file():  # an untracked sweep's
+        return "sweep"
+    saved = [path / output_subdir / "hydra.yaml"] if output_subdir is not None else []
+    for hydra_file in (f for f in [*saved, *path.glob("*/hydra.yaml")] if f.is_file()):
+        try:
+            mode = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["mode"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+        return {"RUN": "run", "MULTIRUN": "sweep job"}.get(str(mode))
+    if (path / METRICS_FILE).is_file():  # an untracked job's, its Hydra files not written
+        return "sweep job" if (path.parent / "multirun.yaml").is_file() else "run"
+    return None
 
 
 def read_sweep_dir(hydra_file: Path) -> Path | None:

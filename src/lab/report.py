@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.outputs import read_hydra_mode, read_sweep_dir, summarize, why_not_creatable
+from lab.outputs import launch_kind, read_sweep_dir, summarize, why_not_creatable
 from lab.publishing import check_uri, configure_client_env, pin_uri, quiet_mlflow_logging, redact, resolve_uri
 from lab.records import RECORD_FILE, SYNCED_FILE, read_json, split_overrides
 from lab.summary import (
@@ -464,30 +464,6 @@ def _is_sweep_dir(path: Path) -> bool:
     return isinstance(tags, dict) and tags.get("lab.kind") == "sweep"
 
 
-def _single_runs(path: Path, output_subdir: str | None) -> list[Path]:
-    """The dirs below ``path`` that are single runs' (``outputs/runs/<day>``), not a sweep's
-    jobs: Hydra saved them in RUN mode, or their record has no sweep."""
-    found = []
-    for job_dir in job_dirs(path, output_subdir=output_subdir):
-        hydra_files = [job_dir / output_subdir / "hydra.yaml"] if output_subdir is not None else []
-        hydra_file = next((f for f in [*hydra_files, *job_dir.glob("*/hydra.yaml")] if f.is_file()), None)
-        if hydra_file is not None:
-            if read_hydra_mode(hydra_file) == "RUN":
-                found.append(job_dir)
-            continue
-        try:
-            record = read_json(job_dir / RECORD_FILE)
-        except (OSError, ValueError):
-            continue
-        if (
-            isinstance(record, dict)
-            and record.get("parent_uid") is None
-            and record.get("tags", {}).get("lab.kind") == "job"
-        ):
-            found.append(job_dir)
-    return found
-
-
 def _sweep_dirs_below(path: Path, output_subdir: str | None) -> list[Path]:
     """The sweep dirs below ``path`` that hold its job dirs, or are taken for one: a dir
     above sweeps (``outputs/``) would make one report of all their jobs, or of the sweeps.
@@ -632,7 +608,12 @@ def _run(args: argparse.Namespace) -> int:
         if sweeps:
             shown = ", ".join(str(d) for d in sweeps[:3]) + (" …" if len(sweeps) > 3 else "")
             raise _UsageError(f"SWEEP {args.sweep!r} holds sweep dirs, not job dirs: pass one of them ({shown})")
-        single = [] if _is_sweep_dir(target) else _single_runs(target, saved_output_subdir(target))
+        output_subdir = saved_output_subdir(target)
+        single = (
+            []
+            if _is_sweep_dir(target)
+            else [d for d in job_dirs(target, output_subdir=output_subdir) if launch_kind(d, output_subdir) == "run"]
+        )
         if single:
             shown = ", ".join(str(d) for d in single[:3]) + (" …" if len(single) > 3 else "")
             raise _UsageError(f"SWEEP {args.sweep!r} holds single runs ({shown}), not a sweep's jobs")

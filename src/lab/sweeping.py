@@ -21,7 +21,16 @@ from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lab.config import ConfigError, TrainConfig
-from lab.validation import DEFAULT_SUBDIR, check_job, describe, fail, hydra_config, job_hydra_config, sweep_subdir
+from lab.validation import (
+    DEFAULT_SUBDIR,
+    check_job,
+    describe,
+    fail,
+    hydra_config,
+    job_hydra_config,
+    shown_options,
+    sweep_subdir,
+)
 
 __all__ = ["LAUNCH_WIDE", "check_launch_wide", "run_sweep"]
 
@@ -99,9 +108,9 @@ def _sweep_problem(overrides: list[Override], loader: ConfigLoader) -> ConfigErr
             continue
         if not values:
             if isinstance(override.value(), Glob):  # Hydra's glob() picks among a group's options
-                options = sorted(o for o in loader.get_group_options(override.key_or_group) if not o.startswith("_"))
+                options = shown_options(loader.get_group_options(override.key_or_group))
                 allowed = (
-                    f"a glob() matching at least one option of {key}: {', '.join(options)}"
+                    f"a glob() matching at least one option of {key}: {options}"
                     if options
                     else f"a sweep of values; glob() picks options of a config group (model=glob(*)), not of {key}"
                 )

@@ -32,7 +32,7 @@ from lab import outputs
 from lab.config import register_configs
 from lab.launching import freeze_imports, quiet_replaced_launcher_options
 from lab.records import redact_text
-from lab.validation import UsageError, check_job, describe, note_group_sweep, one_line
+from lab.validation import UsageError, check_job, describe, note_group_sweep, one_line, shown_options
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -175,7 +175,7 @@ def _hydras_error(exc: BaseException, frame: FrameType) -> str:
     override = frame.f_locals.get("override")
     repo: Any = frame.f_locals.get("repo")  # Hydra's config repository, where it sorts out group overrides
     if isinstance(override, Override) and override.value() is None and hasattr(repo, "get_group_options"):
-        options = ", ".join(o for o in sorted(repo.get_group_options(override.key_or_group)) if not o.startswith("_"))
+        options = shown_options(repo.get_group_options(override.key_or_group))
         if options:  # `data=null`: Hydra says only that it got a NoneType
             return f"error: {override.key_or_group}=null: a config group takes an option; choose one of: {options}"
     where = f"override {override.input_line!r}: " if isinstance(override, Override) and override.input_line else ""

@@ -16,7 +16,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -33,9 +33,9 @@ from omegaconf.errors import (
 from yaml import YAMLError
 
 from lab.config import ConfigError, TrainConfig, to_typed
-from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, why_not_creatable
+from lab.outputs import METRICS_FILE, MODEL_FILE, TRACEBACK_FILE, launch_kind, why_not_creatable
 from lab.publishing import STORE_TABLES, check_uri, resolve_experiment, resolve_uri
-from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, read_json, redact_text
+from lab.records import PENDING_NOTE, RECORD_FILE, SYNCED_FILE, redact_text
 
 __all__ = [
     "UsageError",
@@ -47,6 +47,7 @@ __all__ = [
     "note_group_sweep",
     "one_line",
     "refused_as_usage",
+    "shown_options",
     "sweep_subdir",
     "task_overrides",
 ]
@@ -200,27 +201,15 @@ def check_dir_kind(key: str, path: str, kind: str) -> None:
     into a sweep's dir, or into one job's dir of a sweep, would replace that sweep's or
     job's record (and a sweep into a run's dir the run's), which MLflow and
     ``lab.reproduce`` then read as this launch's. Raises :class:`ConfigError`."""
-    held = _dir_kind(Path(path))
+    held = launch_kind(Path(path))
     if held is not None and held != kind:
         raise ConfigError(key, path, f"a dir for a {kind}; this one holds a {held}'s outputs")
 
 
-def _dir_kind(path: Path) -> str | None:
-    """What launch wrote ``path``: "run", "sweep", "sweep job", or None (none, or unknown)."""
-    try:
-        record = read_json(path / RECORD_FILE)
-    except (OSError, ValueError):
-        record = None
-    if isinstance(record, dict):
-        tags = record.get("tags")
-        if isinstance(tags, dict) and tags.get("lab.kind") == "sweep":
-            return "sweep"
-        return "sweep job" if record.get("parent_uid") else "run"
-    if (path / "multirun.yaml").is_file():  # an untracked sweep's
-        return "sweep"
-    if (path / METRICS_FILE).is_file():  # an untracked job's
-        return "sweep job" if (path.parent / "multirun.yaml").is_file() else "run"
-    return None
+def shown_options(options: Iterable[str]) -> str:
+    """A config group's options as error messages list them: sorted, without the ``_``
+    ones (lab's schemas and other internals), comma-separated."""
+    return ", ".join(o for o in sorted(options) if not o.startswith("_"))
 
 
 def describe(exc: BaseException) -> str | None:
@@ -235,7 +224,7 @@ def describe(exc: BaseException) -> str | None:
             group, option = named[1], path[len(named[1]) + 1 :]
         else:
             group, _, option = path.rpartition("/")
-        choices = ", ".join(o for o in sorted(exc.options) if not o.startswith("_"))
+        choices = shown_options(exc.options)
         return f"error: {group}={option}: unknown option; choose one of: {choices}"
     if isinstance(exc, OverrideParseException):
         text = " ".join(str(exc).split()).split(" See https://")[0]
@@ -524,7 +513,7 @@ def _check_search_space(config: DictConfig, first: DictConfig) -> None:
             options = sorted(loader.get_group_options(key))
             for option in candidates:
                 if str(option) not in options:
-                    allowed = "unknown option; choose one of: " + ", ".join(o for o in options if not o.startswith("_"))
+                    allowed = f"unknown option; choose one of: {shown_options(options)}"
                     raise fail((describe(ConfigError(key, option, allowed)) or "") + where)
             continue
         if group_searched or override.key_or_group.startswith(("+", "~")) or override.is_delete():
