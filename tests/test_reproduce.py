@@ -185,6 +185,26 @@ def test_a_config_that_resolves_differently_here_is_refused(cli: Cli) -> None:
     assert SUCCESS.format(2) in res.stdout
 
 
+def test_a_config_edited_after_the_run_is_refused_as_edited(cli: Cli) -> None:
+    """A plain value that is not the original's was changed in the saved file: no
+    environment can make it resolve as before, so the reason names the edit, not ${oc.env:…}."""
+    assert cli.train("model.max_iter=200", "tracking.log_model=false").code == 0
+    config_file = cli.cwd / "outputs" / "run" / ".hydra" / "config.yaml"
+    text = config_file.read_text()
+    assert "max_iter: 200" in text and "  C: 1.0" in text
+    config_file.write_text(text.replace("max_iter: 200", "max_iter: 300").replace("  C: 1.0", "  C: 0.5"))
+
+    res = reproduce(cli, "outputs/run")
+
+    assert res.code == 2, res.stdout
+    run_id = only_run(cli, "job").info.run_id
+    assert res.stderr.strip() == (
+        f"error: the logged config of run {run_id} (outputs/run) says model.C=0.5, but the original ran with 1.0 "
+        "(and 1 more: model.max_iter): the config was edited after the run; restore it to reproduce the original"
+    )
+    assert not (cli.cwd / "outputs" / "reproductions").exists()
+
+
 def test_reproduce_a_child_of_a_sweep(cli: Cli) -> None:
     assert cli.sweep("split=kfold", "seed=1,2").code == 0
     child = next(r for r in by_kind(runs(cli), "job") if r.data.tags["lab.job_num"] == "1")

@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
@@ -285,14 +285,35 @@ def _check_resolves_as_before(description: str, job_config: DictConfig, params: 
     environment): the run would reproduce another job. Tracking settings may differ."""
     now = job_params(job_config)
     changed = [k for k in sorted(params.keys() & now.keys()) if not k.startswith("tracking.") and params[k] != now[k]]
-    if changed:
-        first = changed[0]
-        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
+    if not changed:
+        return
+    edited = [k for k in changed if not _interpolated(job_config, k)]
+    first = (edited or changed)[0]
+    others = [k for k in changed if k != first]
+    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
+    if edited:  # a plain value that is not the original's: the file was changed after the run
         raise fail(
-            f"error: the logged config of {description} resolves differently here: {first}={now[first]}, "
-            f"but {params[first]} in the original{more}; an interpolation (${{oc.env:…}}?) reads this "
-            "environment: set it as the original's to reproduce it"
+            f"error: the logged config of {description} says {first}={now[first]}, but the original ran "
+            f"with {params[first]}{more}: the config was edited after the run; restore it to reproduce the original"
         )
+    raise fail(
+        f"error: the logged config of {description} resolves differently here: {first}={now[first]}, "
+        f"but {params[first]} in the original{more}; an interpolation (${{oc.env:…}}?) reads this "
+        "environment: set it as the original's to reproduce it"
+    )
+
+
+def _interpolated(job_config: DictConfig, key: str) -> bool:
+    """Whether the value at the dotted param ``key`` (``model.C``, ``data.features.0``) is an
+    interpolation in ``job_config``; True where that cannot be told."""
+    parent_key, _, leaf = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(job_config, parent_key) if parent_key else job_config
+        if isinstance(parent, ListConfig):
+            return OmegaConf.is_interpolation(parent, int(leaf))
+        return not isinstance(parent, DictConfig) or OmegaConf.is_interpolation(parent, leaf)
+    except (OmegaConfBaseException, ValueError):  # not a config path: keep the general reason
+        return True
 
 
 def _from_run(
