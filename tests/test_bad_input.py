@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab import records
+from lab.outputs import launch_kind
 from tests.conftest import Cli, store_runs
 
 BROKEN_YAML = "defaults:\n  - /schema/model/logreg@_here_\nC: [1, 2\n"
@@ -363,6 +364,24 @@ def test_a_sweep_into_a_failed_untracked_runs_dir_is_refused(cli: Cli) -> None:
     assert res.code == 2, (res.stdout, res.stderr)
     assert "hydra.sweep.dir='outputs/run': a dir for a sweep; this one holds a run's" in res.stderr
     assert not (run_dir / "multirun.yaml").exists()
+
+
+def test_a_sweep_dir_is_not_taken_for_its_jobs_dir_by_their_saved_files(cli: Cli) -> None:
+    """With ``hydra.output_subdir=.`` a job's ``hydra.yaml`` lies one level below the sweep
+    dir (``0/hydra.yaml``), where a job's own subdir would be: a sweep dir without its
+    marks (an Optuna sweep stopped before it wrote them) is not a job's, so a new sweep may
+    go there, and a run is refused as going into a sweep's jobs' dir only where it is one."""
+    assert cli.sweep("seed=1,2", "tracking=none", "hydra.output_subdir=.").code == 0
+    sweep_dir = cli.cwd / "outputs" / "sweep"
+    assert (sweep_dir / "0" / "hydra.yaml").is_file()
+    (sweep_dir / "multirun.yaml").unlink()
+    assert launch_kind(sweep_dir) is None
+    assert launch_kind(sweep_dir / "0") == "sweep job"
+    again = cli.sweep("seed=3,4", "tracking=none", "hydra.output_subdir=.")
+    assert again.code == 0, again.stderr
+    res = cli.run("tracking=none", "hydra.output_subdir=.", "hydra.run.dir=outputs/sweep/1")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert "a dir for a run; this one holds a sweep job's" in res.stderr
 
 
 WITHOUT_RAY = """

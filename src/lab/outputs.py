@@ -151,8 +151,9 @@ def read_output_subdir(saved: Path) -> str | None:
 def launch_kind(path: Path, output_subdir: str | None = ".hydra") -> str | None:
     """What wrote the dir ``path``: ``"run"`` (a single run), ``"sweep"``, ``"sweep job"``, or
     None (nothing lab or Hydra wrote). Told by its record (``lab.kind``, ``parent_uid``),
-    else by a sweep's ``multirun.yaml``, else by the mode in its saved ``hydra.yaml``
-    (from ``output_subdir``, or any subdir), else by its metrics beside a sweep's file."""
+    else by a sweep's ``multirun.yaml``, else by the mode in the ``hydra.yaml`` saved for it
+    (in ``output_subdir``, or in the subdir that file names), else by its metrics beside a
+    sweep's file."""
     try:
         record = read_json(path / RECORD_FILE)
     except (OSError, ValueError):
@@ -165,12 +166,16 @@ def launch_kind(path: Path, output_subdir: str | None = ".hydra") -> str | None:
     if (path / "multirun.yaml").is_file():  # an untracked sweep's
         return "sweep"
     saved = [path / output_subdir / "hydra.yaml"] if output_subdir is not None else []
-    for hydra_file in (f for f in [*saved, *path.glob("*/hydra.yaml")] if f.is_file()):
+    for hydra_file in (f for f in [*saved, path / "hydra.yaml", *path.glob("*/hydra.yaml")] if f.is_file()):
         try:
-            mode = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]["mode"]
+            hydra = yaml.load(hydra_file.read_text(), Loader=_YAML_LOADER)["hydra"]
+            subdir, mode = hydra["output_subdir"], hydra["mode"]
         except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
-        return {"RUN": "run", "MULTIRUN": "sweep job"}.get(str(mode))
+        # only a file saved for `path` itself: with output_subdir=. a sweep's jobs save theirs
+        # in 0/, 1/…, one level below the sweep dir, where a job's own subdir would be
+        if subdir is not None and Path(str(subdir)) == hydra_file.parent.relative_to(path):
+            return {"RUN": "run", "MULTIRUN": "sweep job"}.get(str(mode))
     if (path / METRICS_FILE).is_file():  # an untracked job's, its Hydra files not written
         return "sweep job" if (path.parent / "multirun.yaml").is_file() else "run"
     return None
